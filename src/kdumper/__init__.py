@@ -1,0 +1,17 @@
+"""kdumper: Linux kdump's user-space side — arm, capture, filter, save and triage crash dumps."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "open"]
+
+
+def open(path: str, *more: str) -> "Dump":  # noqa: A001 - the public entry point is kdumper.open
+    """Open a dump of any format (several paths: the parts of a split set)."""
+    from .dump.open import open_dump
+
+    return open_dump(path, *more)
+
+
+from .dump.base import Dump  # noqa: E402

@@ -1,0 +1,5 @@
+"""``python -m kdumper``."""
+
+from kdumper.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Dump file formats: ELF vmcores, kdump-compressed, flattened streams, split sets."""
