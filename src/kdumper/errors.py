@@ -140,3 +140,14 @@ class KernelError(KdumperError):
     """The running kernel refused an operation."""
 
     exit_code = ExitCode.KERNEL
+
+
+class AddressNotMappedError(KdumperError):
+    """A kernel virtual address that the crashed kernel's page tables do not map."""
+
+    exit_code = ExitCode.NOT_FOUND
+    template = "virtual address {vaddr:#x} is not mapped ({msg})"
+
+    def __init__(self, vaddr: int, msg: str = "no page table entry") -> None:
+        super().__init__(msg, vaddr=vaddr)
+        self.vaddr = vaddr

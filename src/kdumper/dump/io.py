@@ -82,7 +82,9 @@ class FileSource(ByteSource):
         try:
             data = os.pread(self._fd, length, offset)
         except OSError as e:
-            raise DumpIOError(f"read error at offset {offset:#x}: {e.strerror}", path=self.path) from None
+            raise DumpIOError(
+                f"read error at offset {offset:#x}: {e.strerror}", path=self.path
+            ) from None
         if len(data) != length:
             raise TruncatedDumpError(f"short read at offset {offset:#x}", path=self.path)
         return data

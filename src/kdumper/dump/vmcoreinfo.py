@@ -63,7 +63,9 @@ class VmcoreInfo:
         try:
             return _int(value, base)
         except ValueError:
-            raise DumpFormatError(f"VMCOREINFO {key} has a malformed value {value[:40]!r}") from None
+            raise DumpFormatError(
+                f"VMCOREINFO {key} has a malformed value {value[:40]!r}"
+            ) from None
 
     def symbol(self, name: str) -> int | None:
         """``SYMBOL(name)``: a run-time virtual address (KASLR applied)."""
