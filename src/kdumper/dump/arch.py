@@ -41,7 +41,7 @@ class Arch:
         return "<" if self.byteorder == "little" else ">"
 
 
-# x86_64 user_regs_struct (arch/x86/include/asm/user_64.h); elf_prstatus is 336 bytes, pr_reg at 112.
+# x86_64 user_regs_struct (arch/x86/include/asm/user_64.h); elf_prstatus: 336 bytes, pr_reg at 112.
 X86_64 = Arch(
     name="x86_64",
     e_machine=EM_X86_64,
@@ -78,7 +78,7 @@ X86_64 = Arch(
         "es",
         "fs",
         "gs",
-    ),  # fmt: skip
+    ),
     pc_register="rip",
     sp_register="rsp",
 )
@@ -124,7 +124,7 @@ PPC64LE = Arch(
         "pad1",
         "pad2",
         "pad3",
-    ),  # fmt: skip
+    ),
     pc_register="nip",
     sp_register="r1",
 )

@@ -1,4 +1,5 @@
-"""The dump object every reader returns: physical pages, bitmaps, notes, VMCOREINFO, header facts."""
+"""The dump object every reader returns: physical pages, bitmaps, notes, VMCOREINFO,
+header facts."""
 
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ class Dump(ABC):
 
     @abstractmethod
     def read_pfn(self, pfn: int) -> bytes:
-        """One page; :class:`PageNotPresentError` / ``PageExcludedError`` / ``PageIncompleteError``."""
+        """One page; ``PageNotPresentError``, ``PageExcludedError`` or ``PageIncompleteError``."""
 
     @abstractmethod
     def facts(self) -> DumpFacts:
@@ -129,17 +130,19 @@ class Dump(ABC):
         """Registers of each CPU from the NT_PRSTATUS notes."""
         return parse_prstatus(self.notes, self.arch)
 
+    def read_pages(self, pfn: int, count: int) -> bytes:
+        """``count`` consecutive pages from ``pfn`` on (formats override this with bulk reads)."""
+        return b"".join(self.read_pfn(p) for p in range(pfn, pfn + count))
+
     def read_phys(self, addr: int, size: int) -> bytes:
         """``size`` bytes of physical memory at ``addr`` (may span pages)."""
-        out = bytearray()
+        if size <= 0:
+            return b""
         ps = self.page_size
-        while size > 0:
-            pfn, off = divmod(addr, ps)
-            chunk = min(size, ps - off)
-            out += self.read_pfn(pfn)[off : off + chunk]
-            addr += chunk
-            size -= chunk
-        return bytes(out)
+        first = addr // ps
+        data = self.read_pages(first, (addr + size - 1) // ps - first + 1)
+        start = addr - first * ps
+        return data[start : start + size]
 
     def check_pfn(self, pfn: int) -> None:
         """Raise :class:`PageNotPresentError` unless ``pfn`` is RAM in this dump."""

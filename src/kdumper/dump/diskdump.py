@@ -971,6 +971,56 @@ class KdumpWriter:
         if self._data_len >= self.flush_bytes or len(self._offsets) >= 1 << 15:
             self._flush()
 
+    def add_encoded_batch(
+        self,
+        sizes: npt.NDArray[np.int64],
+        flags: npt.NDArray[np.uint32],
+        data: bytes | memoryview,
+        zero: npt.NDArray[np.bool_] | None = None,
+        lost: npt.NDArray[np.bool_] | None = None,
+    ) -> None:
+        """Add the next ``len(sizes)`` pages at once (the collector's fast path).
+
+        Page ``i`` is a shared zero page where ``zero[i]``, lost where ``lost[i]``, else
+        ``sizes[i]`` bytes of ``data`` (payloads back to back, in order) stored with
+        ``flags[i]``, exactly as :meth:`add_encoded` would record them one by one.
+        """
+        count = int(sizes.size)
+        if not count:
+            return
+        stored = np.ones(count, np.bool_)
+        if zero is not None:
+            stored &= ~zero
+        if lost is not None:
+            stored &= ~lost
+        lengths = np.where(stored, sizes, 0).astype(np.int64)
+        ends = np.cumsum(lengths)
+        if int(ends[-1]) != len(data):
+            raise ValueError(f"batch payloads are {len(data)} bytes, sizes say {int(ends[-1])}")
+        offsets = self._data_pos + ends - lengths
+        desc_sizes = lengths
+        desc_flags = np.where(stored, flags, 0).astype(np.int64)
+        if zero is not None and zero.any():
+            zero_here = zero & ~lost if lost is not None else zero
+            offsets = np.where(zero_here, self.data_offset, offsets)
+            desc_sizes = np.where(zero_here, self.block_size, desc_sizes)
+            self.result.zero_pages += int(np.count_nonzero(zero_here))
+        if lost is not None and lost.any():
+            offsets = np.where(lost, 0, offsets)
+            self._lost += int(np.count_nonzero(lost))
+        self._offsets.extend(offsets.tolist())
+        self._sizes.extend(desc_sizes.tolist())
+        self._flags.extend(desc_flags.tolist())
+        if len(data):
+            self._data.append(data)  # type: ignore[arg-type]  # joined by _flush
+            self._data_pos += len(data)
+            self._data_len += len(data)
+        if self.codec.flag:
+            self.result.raw_pages += int(np.count_nonzero(stored & (desc_flags == 0)))
+        self.result.pages += count
+        if self._data_len >= self.flush_bytes or len(self._offsets) >= 1 << 15:
+            self._flush()
+
     def add_lost(self) -> None:
         """Add the next page as lost (descriptor offset 0: readers report it incomplete)."""
         self._offsets.append(0)

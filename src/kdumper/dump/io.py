@@ -26,7 +26,7 @@ class ByteSource(ABC):
 
     @abstractmethod
     def pread(self, offset: int, length: int) -> bytes:
-        """Exactly ``length`` bytes at ``offset``; :class:`TruncatedDumpError` if they are not there."""
+        """Exactly ``length`` bytes at ``offset``; ``TruncatedDumpError`` if they are not there."""
 
     def pread_upto(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` (fewer at the end of the source)."""
@@ -34,7 +34,7 @@ class ByteSource(ABC):
         return self.pread(offset, length) if length else b""
 
     def check_range(self, offset: int, length: int, what: str) -> None:
-        """Raise :class:`TruncatedDumpError` naming ``what`` unless the range is inside the source."""
+        """Raise ``TruncatedDumpError`` naming ``what`` unless the range lies inside the source."""
         if offset < 0 or length < 0 or offset + length > self.size:
             raise TruncatedDumpError(
                 f"{what} at offset {offset:#x} (+{length:#x}) lies past the end of the file "

@@ -1,0 +1,126 @@
+"""The ``kdumper`` command: argument parsing and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+from .. import __version__
+from ..errors import ExitCode, KdumperError
+from . import convert_cmd, dmesg_cmd, info_cmd, oops_cmd, reassemble_cmd, report_cmd
+
+EXIT_MEANINGS = {
+    ExitCode.OK: "success",
+    ExitCode.ERROR: "internal error (a bug: run with --debug and report it)",
+    ExitCode.USAGE: "wrong command line",
+    ExitCode.NOT_OPERATIONAL: "the machine is not protected (status)",
+    ExitCode.BAD_DUMP: "a dump is corrupt, truncated or of an unknown format",
+    ExitCode.NOT_FOUND: "a file, device or page does not exist",
+    ExitCode.IO: "reading or writing failed (disk full, broken pipe, I/O error)",
+    ExitCode.MISSING_DEPENDENCY: "an optional library or tool is not installed",
+    ExitCode.CONFIG: "the configuration is wrong",
+    ExitCode.KERNEL: "the kernel refused (kexec, sysfs, permissions)",
+    ExitCode.INCOMPLETE: "finished, but the result is incomplete (dump cut short)",
+    ExitCode.UNSUPPORTED: "valid input this version cannot handle",
+}
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def _epilog() -> str:
+    lines = ["exit codes:"]
+    lines += [f"  {code.value:>3}  {EXIT_MEANINGS[code]}" for code in ExitCode]
+    lines.append(f"  {INTERRUPTED:>3}  interrupted (Ctrl-C)")
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors with kdumper's prefix and exit code."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"kdumper: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = _Parser(
+        prog="kdumper",
+        description="Linux kdump's user-space side: read, convert and triage kernel crash dumps.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"kdumper {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="debug logging; tracebacks for internal errors"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module in (info_cmd, dmesg_cmd, report_cmd, convert_cmd, reassemble_cmd, oops_cmd):
+        module.register(sub)
+    return parser
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("kdumper: %(levelname)s: %(message)s"))
+    root = logging.getLogger("kdumper")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    root.propagate = False
+    logging.addLevelName(logging.WARNING, "warning")
+    logging.addLevelName(logging.DEBUG, "debug")
+    logging.addLevelName(logging.INFO, "info")
+    logging.addLevelName(logging.ERROR, "error")
+
+
+def _quiet_stdout() -> None:
+    """After EPIPE on stdout: point it at /dev/null so the interpreter's final flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kdumper`` command line; returns the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return e.code if isinstance(e.code, int) else ExitCode.USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return ExitCode.USAGE
+    debug = bool(args.debug)
+    _setup_logging(debug)
+    try:
+        return int(args.func(args))
+    except KdumperError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"kdumper: error: {e}", file=sys.stderr)
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        print("kdumper: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:  # the reader of our stdout went away (| head): stop quietly
+        _quiet_stdout()
+        return ExitCode.IO
+    except MemoryError:
+        print("kdumper: error: out of memory", file=sys.stderr)
+        return ExitCode.ERROR
+    except Exception as e:  # a bug: one line, the traceback only on request
+        if debug:
+            traceback.print_exc()
+        print(
+            f"kdumper: internal error: {type(e).__name__}: {e} "
+            "(run with --debug for the traceback; please report)",
+            file=sys.stderr,
+        )
+        return ExitCode.ERROR
