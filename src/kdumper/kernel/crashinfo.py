@@ -246,7 +246,7 @@ def taint_from_mask(mask: int) -> str:
 # (6.12: "CPU: 0 UID: 0 PID: 1 Comm: ..."; old: "Pid: 1, comm: init Not tainted ...")
 _CPU_LINE = re.compile(
     r"^\s*CPU: (?P<cpu>\d+)(?: UID: \d+)? PID: (?P<pid>\d+) Comm: (?P<comm>.{0,64}?)"
-    r"(?: Kdump: loaded)? (?:Not tainted|Tainted: (?P<flags>[A-Z \-]*?))\s+\S+"
+    r"(?: Kdump: loaded)? (?:Not tainted|Tainted: (?P<flags>[A-Z \-]*?))\s+\S+(?:\s+#.*)?\s*$"
 )
 _PANIC_LINE = re.compile(r"^\s*Kernel panic - not syncing: ?(?P<msg>.*?)\s*$")
 _AFTER_PANIC = 4  # panic()'s own dump_stack prints its CPU line this many records later at most

@@ -128,18 +128,29 @@ def _lockless(mem: KernelMemory, info: VmcoreInfo) -> KernelLog:
         tail_id = (head_id - count + 1) & id_mask
         span = count - 1
     records: list[LogRecord] = []
+    foreign = misplaced = 0  # descriptors / text blocks that do not belong where they are
     for step in range(span + 1):
         rid = (tail_id + step) & id_mask
         d = (rid % count) * desc_size
         state_var = struct.unpack_from("<Q", descs, d + state_off)[0]
-        if state_var & id_mask != rid or (state_var >> 62) not in (1, 2):
-            continue  # reserved, reusable or overwritten: not a record (makedumpfile skips too)
-        begin = struct.unpack_from("<Q", descs, d + begin_off)[0] % text_size
-        nxt = struct.unpack_from("<Q", descs, d + next_off)[0] % text_size
-        if begin == nxt:
-            continue  # data-less record
+        if state_var & id_mask != rid:
+            foreign += 1  # between tail and head every descriptor carries its own id
+            continue
+        if (state_var >> 62) not in (1, 2):
+            continue  # reserved (being written) or reusable: not a record (makedumpfile skips)
+        raw_begin = struct.unpack_from("<Q", descs, d + begin_off)[0]
+        raw_next = struct.unpack_from("<Q", descs, d + next_off)[0]
+        if raw_begin == raw_next:
+            continue  # data-less record (NO_LPOS, FAILED_LPOS)
+        if (raw_next - raw_begin) & ((1 << 64) - 1) > text_size:
+            misplaced += 1  # a block larger than the ring (the kernel's get_data rejects it)
+            continue
+        begin, nxt = raw_begin % text_size, raw_next % text_size
         if begin > nxt:
             begin = 0  # the block wrapped: its data starts at the beginning of the ring
+        if struct.unpack_from("<Q", text, begin)[0] & id_mask != rid:
+            misplaced += 1  # the block's id word names another record: overwritten or corrupt
+            continue
         begin += 8  # skip the block's id word
         i = (rid % count) * info_size
         text_len = struct.unpack_from("<H", infos, i + len_off)[0]
@@ -168,6 +179,15 @@ def _lockless(mem: KernelMemory, info: VmcoreInfo) -> KernelLog:
                 subsystem=subsystem,
                 device=device,
             )
+        )
+    if foreign:
+        problems.append(
+            f"{foreign} descriptor(s) between the ring's tail and head belong to no record "
+            "(corrupt or overwritten): their records are lost"
+        )
+    if misplaced:
+        problems.append(
+            f"{misplaced} record(s) point at text that is not theirs (corrupt text ring): skipped"
         )
     return KernelLog(records, "lockless", caller_off is not None, problems)
 
@@ -201,6 +221,9 @@ def _legacy(mem: KernelMemory, info: VmcoreInfo) -> KernelLog:
         if rec_len == 0:  # end-of-buffer marker: continue at the start
             pos = 0
             continue
+        if rec_len < hdr:
+            problems.append(f"record at {pos:#x} is shorter than its header: output cut here")
+            break
         text_len = struct.unpack_from("<H", buf, pos + text_len_off)[0]
         dict_pos = text_len_off + 4  # dict_len, then facility and flags:5/level:3
         facility, flags_level = buf[pos + dict_pos], buf[pos + dict_pos + 1]
@@ -241,7 +264,9 @@ def read_log(dump: Dump) -> KernelLog:
     except UnsupportedError as e:
         raise UnsupportedError(f"{dump.path}: kernel log: {e}") from None
     except KdumperError as e:
-        raise type(e)(f"kernel log unreadable: {e}") from None
+        # keep the class (its exit code); constructors differ, so reword in place
+        e.args = (f"kernel log unreadable: {e}",)
+        raise
     raise UnsupportedError(f"{dump.path}: VMCOREINFO exports no known kernel log layout")
 
 
