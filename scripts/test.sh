@@ -51,9 +51,8 @@ if ((INSTALL)); then
         exit 1
     fi
     phase "debian packages" bash scripts/tools.sh apt || exit 1
-    if [[ -f scripts/vm-deps.sh ]]; then
-        phase "vm dependencies" bash scripts/vm-deps.sh || exit 1
-    fi
+    phase "vm dependencies" bash scripts/vm-deps.sh || exit 1
+    phase "ssh dependencies" bash scripts/ssh-deps.sh || exit 1
     phase "python packages" install_python || exit 1
     phase "makedumpfile 1.7.6" bash scripts/tools.sh makedumpfile || exit 1
 fi

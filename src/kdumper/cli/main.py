@@ -12,7 +12,20 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import ExitCode, KdumperError
-from . import convert_cmd, dmesg_cmd, info_cmd, oops_cmd, reassemble_cmd, report_cmd
+from . import (
+    config_cmd,
+    convert_cmd,
+    crashkernel_cmd,
+    dmesg_cmd,
+    info_cmd,
+    load_cmd,
+    oops_cmd,
+    propagate_cmd,
+    reassemble_cmd,
+    report_cmd,
+    status_cmd,
+    verify_cmd,
+)
 
 EXIT_MEANINGS = {
     ExitCode.OK: "success",
@@ -58,8 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="debug logging; tracebacks for internal errors"
     )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file (default $KDUMPER_CONFIG or /etc/kdumper/kdumper.toml)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (info_cmd, dmesg_cmd, report_cmd, convert_cmd, reassemble_cmd, oops_cmd):
+    for module in (
+        info_cmd,
+        dmesg_cmd,
+        report_cmd,
+        convert_cmd,
+        reassemble_cmd,
+        oops_cmd,
+        verify_cmd,
+        propagate_cmd,
+        status_cmd,
+        load_cmd,
+        crashkernel_cmd,
+        config_cmd,
+    ):
         module.register(sub)
     return parser
 
