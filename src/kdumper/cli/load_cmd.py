@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--boot",
         action="store_true",
-        help="the boot-time load of kdumper.service (also reports the last test; "
-        "will also recover dumps from a raw target)",
+        help="the boot-time load of kdumper.service (also reports the last test and "
+        "first recovers a dump left on a raw target: kdumper recover-raw)",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would be loaded; load nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -97,6 +97,11 @@ def run_load(args: argparse.Namespace) -> int:
         return _dry_run(args)
     cfg = load_from_args(args)
     host = host_from_env()
+    if args.boot:
+        # a dump left on a raw target is copied first: a failing load must not lose it
+        from .recover_raw_cmd import recover_at_boot
+
+        recover_at_boot(cfg)
     outcome = service.load_capture(cfg, host)
     _report(outcome, args, "loaded")
     if args.boot:

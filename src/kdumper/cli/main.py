@@ -13,16 +13,20 @@ from typing import NoReturn
 from .. import __version__
 from ..errors import ExitCode, KdumperError
 from . import (
+    capture_cmd,
     config_cmd,
     convert_cmd,
     crashkernel_cmd,
     dmesg_cmd,
     info_cmd,
     load_cmd,
+    mem_usage_cmd,
     oops_cmd,
     propagate_cmd,
     reassemble_cmd,
+    recover_raw_cmd,
     report_cmd,
+    save_cmd,
     status_cmd,
     verify_cmd,
 )
@@ -83,11 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         report_cmd,
         convert_cmd,
         reassemble_cmd,
+        save_cmd,
+        mem_usage_cmd,
         oops_cmd,
         verify_cmd,
         propagate_cmd,
         status_cmd,
         load_cmd,
+        capture_cmd,
+        recover_raw_cmd,
         crashkernel_cmd,
         config_cmd,
     ):
