@@ -4,13 +4,11 @@ does not grow with the size of the dump."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +17,11 @@ import pytest
 
 import kdumper
 from kdumper.cli import main as cli_main
-from kdumper.cli import mem_usage_cmd, save_cmd
+from kdumper.cli import save_cmd
 from tests import oracles
 
 LEVELS = (1, 2, 4, 8, 16, 31)
 MAX_RSS_KIB = 96 * 1024
-
-
-@pytest.fixture(autouse=True)
-def _commands(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Register save and mem-usage in the main parser if main.py does not yet."""
-    build = cli_main.build_parser
-
-    def build_parser() -> argparse.ArgumentParser:
-        parser = build()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "save" not in sub.choices:
-            save_cmd.register(sub)
-        if "mem-usage" not in sub.choices:
-            mem_usage_cmd.register(sub)
-        return parser
-
-    monkeypatch.setattr(cli_main, "build_parser", build_parser)
-    yield
 
 
 @pytest.fixture(scope="module")
@@ -237,16 +217,7 @@ def test_byte_identical_to_makedumpfile(
 
 _RSS_SCRIPT = r"""
 import sys
-from kdumper.cli import main as m, save_cmd, mem_usage_cmd
-import argparse
-build = m.build_parser
-def bp():
-    p = build()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    if "save" not in sub.choices:
-        save_cmd.register(sub)
-    return p
-m.build_parser = bp
+from kdumper.cli import main as m
 code = m.main(sys.argv[1:])
 # VmHWM: the peak RSS of this process image (ru_maxrss would include the forked copy of pytest)
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:")).split()[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -12,24 +13,30 @@ from typing import NoReturn
 
 from .. import __version__
 from ..errors import ExitCode, KdumperError
-from . import (
-    capture_cmd,
-    config_cmd,
-    convert_cmd,
-    crashkernel_cmd,
-    dmesg_cmd,
-    info_cmd,
-    load_cmd,
-    mem_usage_cmd,
-    oops_cmd,
-    propagate_cmd,
-    reassemble_cmd,
-    recover_raw_cmd,
-    report_cmd,
-    save_cmd,
-    status_cmd,
-    verify_cmd,
-)
+
+# command name -> the module (in kdumper.cli) that registers it. Only the module of the command
+# being run is imported: the capture path and `save` do not pay for the triage or config code.
+COMMANDS: dict[str, str] = {
+    "info": "info_cmd",
+    "dmesg": "dmesg_cmd",
+    "report": "report_cmd",
+    "convert": "convert_cmd",
+    "reassemble": "reassemble_cmd",
+    "save": "save_cmd",
+    "mem-usage": "mem_usage_cmd",
+    "oops": "oops_cmd",
+    "verify": "verify_cmd",
+    "propagate": "propagate_cmd",
+    "status": "status_cmd",
+    "load": "load_cmd",
+    "unload": "load_cmd",
+    "reload": "load_cmd",
+    "test": "load_cmd",
+    "capture": "capture_cmd",
+    "recover-raw": "recover_raw_cmd",
+    "crashkernel": "crashkernel_cmd",
+    "config": "config_cmd",
+}
 
 EXIT_MEANINGS = {
     ExitCode.OK: "success",
@@ -63,8 +70,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"kdumper: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+def _command_of(argv: Sequence[str] | None) -> str | None:
+    """The subcommand named on the command line (the first word that is not an option)."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--config":
+            skip = True  # the one global option that takes a value
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser: the subcommand named in ``argv``, or every subcommand."""
     parser = _Parser(
         prog="kdumper",
         description="Linux kdump's user-space side: read, convert and triage kernel crash dumps.",
@@ -81,25 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="configuration file (default $KDUMPER_CONFIG or /etc/kdumper/kdumper.toml)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (
-        info_cmd,
-        dmesg_cmd,
-        report_cmd,
-        convert_cmd,
-        reassemble_cmd,
-        save_cmd,
-        mem_usage_cmd,
-        oops_cmd,
-        verify_cmd,
-        propagate_cmd,
-        status_cmd,
-        load_cmd,
-        capture_cmd,
-        recover_raw_cmd,
-        crashkernel_cmd,
-        config_cmd,
-    ):
-        module.register(sub)
+    wanted = _command_of(argv)
+    names = [COMMANDS[wanted]] if wanted in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for name in names:
+        importlib.import_module(f"{__package__}.{name}").register(sub)
     return parser
 
 
@@ -128,7 +134,7 @@ def _quiet_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kdumper`` command line; returns the process exit code."""
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors
