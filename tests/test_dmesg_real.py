@@ -10,10 +10,9 @@ harness cache. ``KDUMPER_VM_CACHED_ONLY=1`` skips the ones not built yet instead
   raw ELF ``/proc/vmcore``, the ``-d 31 -c``/``-z`` files and a flattened conversion;
 * ``kdumper report --json`` names the crash with the expected title and kind, the panic CPU
   with its registers, the kernel, crash time and uptime;
-* one bug, different boots, the same signature: the harness cache holds one vmcore per
-  configuration (its key has no boot seed), so "another boot" is the same log with every
-  boot-specific detail changed (KASLR addresses, PIDs, time stamps), and the same trigger on
-  the other kernel gives the same title.
+* one bug, different boots, the same signature: the same NULL dereference crashed in two real
+  boots (``boot=`` of the harness: other KASLR slide, PIDs and times), the same log with every
+  boot-specific detail rewritten, and the same trigger on the other kernel (the same title).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from kdumper import open as kdumper_open
 from vmharness.cache import cache_root
 from vmharness.pytest_plugin import VmcoreFactory, vmcore_factory
 from vmharness.vmcore import VmcoreArtifacts, load_artifacts
@@ -43,6 +43,7 @@ MATRIX: list[tuple[str, str, str]] = [
     ("6.1", "minimal", "null"),
     ("6.12", "minimal", "bug"),
     ("6.1", "minimal", "warn"),
+    ("6.12", "minimal", "softlockup"),
 ]
 if os.environ.get("KDUMPER_VM_FULL"):
     MATRIX += [
@@ -297,3 +298,24 @@ def test_same_trigger_same_title_on_both_kernels(vmcore_factory: VmcoreFactory) 
         assert {d["title"] for d in docs} == {EXPECTED[trigger][0]}, trigger
         if trigger == "sysrq":
             assert len({d["signature"] for d in docs}) == 1
+
+
+def test_same_bug_two_real_boots(vmcore_factory: VmcoreFactory) -> None:
+    """The same NULL dereference crashed in two boots: other KASLR slide, same signature."""
+    if os.environ.get("KDUMPER_VM_CACHED_ONLY"):
+        pytest.skip("builds a second boot (KDUMPER_VM_CACHED_ONLY)")
+    arts = [
+        vmcore_factory(kernel="6.1", scenario="minimal", trigger="null", boot=boot)
+        for boot in (0, 1)
+    ]
+    docs = [report(a, a.elf) for a in arts]
+    slides = []
+    for a in arts:
+        with kdumper_open(a.elf) as dump:
+            assert dump.vmcoreinfo is not None
+            slides.append(dump.vmcoreinfo.kerneloffset)
+    assert docs[0]["title"] == docs[1]["title"] == EXPECTED["null"][0]
+    assert docs[0]["signature"] == docs[1]["signature"]
+    # two real boots: crashed at different times, (almost always) with different KASLR slides
+    assert docs[0]["crash_time"] != docs[1]["crash_time"]
+    print(f"KASLR slides of the two boots: {slides}")

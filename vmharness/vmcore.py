@@ -208,12 +208,15 @@ def vmcore_key(
     makedumpfile: str,
     zstd: bool,
     crashkernel: str,
+    boot: int = 0,
 ) -> str:
     """The content key of one cycle's artifacts."""
     from .module import MODULE_SOURCES
 
+    extra: dict[str, object] = {"boot": boot} if boot else {}  # boot 0 keeps the old keys
     return content_key(
         {
+            **extra,
             "harness": HARNESS_VERSION,
             "kernel": [kernel.package.name, kernel.package.version],
             "scenario": scenario,
@@ -239,6 +242,7 @@ def get_vmcore(
     crashkernel: str = DEFAULT_CRASHKERNEL,
     accel: str = "auto",
     rebuild: bool = False,
+    boot: int = 0,
 ) -> VmcoreArtifacts:
     """Crash ``kernel`` in QEMU and return its vmcore artifacts (built once, then cached).
 
@@ -246,7 +250,9 @@ def get_vmcore(
     :data:`SCENARIOS`; ``trigger``: one of :data:`TRIGGERS`; ``mem``: guest memory (``"1G"``);
     ``dbg``: also fetch the ``-dbg`` vmlinux (~300 MB download); ``makedumpfile``: ``"1.7.2"`` or
     ``"1.7.6"`` (default by kernel); ``zstd``: also write ``-d 31 -z`` (default with 1.7.6);
-    ``accel``: ``auto`` (KVM only when a cached probe shows it boots), ``tcg`` or ``kvm``.
+    ``accel``: ``auto`` (KVM only when a cached probe shows it boots), ``tcg`` or ``kvm``;
+    ``boot``: another number gives another boot of the same configuration (its own KASLR slide,
+    PIDs and times), cached separately: the same crash seen twice.
     """
     if scenario not in SCENARIOS:
         raise HarnessError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
@@ -264,7 +270,7 @@ def get_vmcore(
     use_zstd = (mdf == "1.7.6") if zstd is None else zstd
     if use_zstd and mdf == "1.7.2":
         raise HarnessError("makedumpfile 1.7.2 has no zstd: use makedumpfile='1.7.6'")
-    key = vmcore_key(kern, scenario, trigger, mem_mib, mdf, use_zstd, crashkernel)
+    key = vmcore_key(kern, scenario, trigger, mem_mib, mdf, use_zstd, crashkernel, boot)
     final = cache_dir("vmcores") / f"{kern.release}-{scenario}-{trigger}-{mem_mib}M-{key}"
     if rebuild and final.exists():
         shutil.rmtree(final)
