@@ -27,7 +27,7 @@ from kdumper.collect.pipeline import (
     save,
     split_paths,
 )
-from kdumper.collect.source import ReadSource, open_for_save
+from kdumper.collect.source import open_for_save, read_source
 from kdumper.dump.diskdump import encode_page
 from kdumper.errors import UsageError
 
@@ -280,7 +280,7 @@ def test_bad_options(synth: tuple[Path, Any], tmp_path: Path) -> None:
 
 def test_read_source_does_not_map_files(synth: tuple[Path, Any]) -> None:
     path, _ = synth
-    with ReadSource(path) as src:
+    with read_source(path) as src:
         assert src._map is None
         assert src.pread(0, 4) == b"\x7fELF"
 

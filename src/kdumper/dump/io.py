@@ -53,9 +53,9 @@ class ByteSource(ABC):
 
 
 class FileSource(ByteSource):
-    """A file read through mmap when possible, else through ``os.pread`` (``/proc/vmcore``)."""
+    """A file read through mmap when possible (and ``use_mmap``), else through ``os.pread``."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, use_mmap: bool = True) -> None:
         self.path = os.fspath(path)
         try:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -71,7 +71,7 @@ class FileSource(ByteSource):
             # a block device: its size comes from seeking to the end
             self.size = os.lseek(self._fd, 0, os.SEEK_END)
         self._map: mmap.mmap | None = None
-        if self.size:
+        if self.size and use_mmap:
             with contextlib.suppress(OSError, ValueError):
                 self._map = mmap.mmap(self._fd, self.size, prot=mmap.PROT_READ)
 
