@@ -166,3 +166,44 @@ def test_saved_pages_equal_the_source(
         assert pfns.size == result.outputs[0].pages
         for pfn in pfns.tolist():
             assert o.read_pfn(pfn) == src.read_pfn(pfn), f"pfn {pfn}"
+
+
+_DRGN_SCRIPT = r"""
+import json, sys
+import drgn
+from drgn.helpers.linux.printk import get_dmesg
+prog = drgn.Program()
+prog.set_core_dump(sys.argv[1])
+prog.load_debug_info([sys.argv[2]])
+thread = prog.crashed_thread()
+print(json.dumps({
+    "frames": [f.name for f in thread.stack_trace() if f.name],
+    "comm": thread.object.comm.string_().decode(),
+    "log_tail": get_dmesg(prog).decode(errors="replace")[-4000:],
+}))
+"""
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "6.12"])
+def test_drgn_reads_our_d31_output(kernel: str, vmcore_factory: Any, tmp_path: Path) -> None:  # noqa: F811
+    """drgn with the -dbg vmlinux: the crashed thread's stack and the kernel log, from our -d 31."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("drgn")
+    art = vmcore_factory(kernel=kernel, dbg=True, **BUSY)
+    out = tmp_path / "vmcore.d31"
+    with open_for_save(art.elf) as dump:
+        save(dump, str(out), SaveOptions(dump_level=31, codec="zstd"))
+    proc = subprocess.run(
+        [sys.executable, "-c", _DRGN_SCRIPT, str(out), str(art.vmlinux)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout.splitlines()[-1])
+    assert "sysrq_handle_crash" in doc["frames"], doc["frames"]
+    assert "sysrq triggered crash" in doc["log_tail"]
