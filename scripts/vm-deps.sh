@@ -11,6 +11,8 @@
 #   debian-archive-keyring
 #                        verifies the bookworm/trixie/bullseye lists the harness downloads
 #   zstd cpio xz-utils   inspecting initramfs images and compressed modules by hand
+#   debootstrap          the real Debian guest of vmharness.rootfs (systemd, Python, kdumper);
+#                        it runs in a private mount namespace (unshare, util-linux)
 #   drgn (PyPI)          the tests open the vmcores with it
 set -euo pipefail
 
@@ -29,6 +31,7 @@ PACKAGES=(
 	util-linux
 	dpkg
 	apt
+	debootstrap
 )
 
 missing=()

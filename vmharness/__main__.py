@@ -1,4 +1,4 @@
-"""Command line: ``python -m vmharness vmcore|vmcores|kernels|kernel|cache|clean``."""
+"""Command line: ``python -m vmharness vmcore|vmcores|kernels|kernel|rootfs|cache|clean``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from .cache import cache_root, dir_size
 from .errors import HarnessError
 from .kernels import cached_kernels, get_kernel, get_vmlinux
+from .rootfs import CRASHES, TARGETS
 from .vmcore import SCENARIOS, TRIGGERS, cached_vmcores, clean_cache, get_vmcore
 
 
@@ -35,8 +36,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     k = sub.add_parser("kernel", help="download a kernel and print its files")
     k.add_argument("name", nargs="?", default="6.1")
     k.add_argument("--dbg", action="store_true", help="also fetch the -dbg vmlinux")
+    r = sub.add_parser("rootfs", help="a real Debian guest with kdumper (debootstrap, systemd)")
+    rsub = r.add_subparsers(dest="rootfs_command", required=True)
+    rb = rsub.add_parser("build", help="build (or find in the cache) the guest tree for a kernel")
+    rc = rsub.add_parser(
+        "cycle", help="boot the guest, arm with kdumper.service, crash, capture, come back"
+    )
+    for q in (rb, rc):
+        q.add_argument("--kernel", default="6.1", help="6.1, 6.12 or a linux-image package")
+        q.add_argument("--suite", default="bookworm", help="the guest's Debian suite")
+    rb.add_argument("--rebuild", action="store_true", help="rebuild the kernel layer")
+    rc.add_argument("--target", choices=TARGETS, default="local")
+    rc.add_argument("--config", help="kdumper.toml for the guest (default: one for --target)")
+    rc.add_argument("--crash", choices=CRASHES, default="sysrq", help="none: boot and power off")
+    rc.add_argument("--mem", default="1G")
+    rc.add_argument("--crashkernel", default="256M")
+    rc.add_argument("--accel", choices=["auto", "tcg", "kvm"], default="auto")
+    rc.add_argument("--timeout", type=float, default=900.0)
+    rc.add_argument("--append", default="", help="more first-kernel command line parameters")
+    rc.add_argument("--workdir", help="default: <cache>/rootfs-runs/<release>-<target>-<crash>")
+    rc.add_argument("--keep-disks", action="store_true", help="keep the root and dump images")
+    rsub.add_parser("list", help="list the guest trees in the cache")
+
     sub.add_parser("cache", help="print the cache location and size")
-    sub.add_parser("clean", help="remove stale vmcores and initramfs images, and failure logs")
+    sub.add_parser(
+        "clean", help="remove stale vmcores, initramfs images and guests; failure logs; runs"
+    )
 
     args = parser.parse_args(argv)
     try:
@@ -59,7 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "vmcores":
             print(json.dumps(cached_vmcores(), indent=2))
         elif args.command == "clean":
-            print(json.dumps([str(p) for p in clean_cache()], indent=2))
+            from .rootfs import clean_rootfs
+
+            removed = clean_cache() + clean_rootfs()
+            print(json.dumps([str(p) for p in removed], indent=2))
         elif args.command == "kernels":
             print(json.dumps(cached_kernels(), indent=2))
         elif args.command == "kernel":
@@ -74,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.dbg:
                 out["vmlinux"] = str(get_vmlinux(kern))
             print(json.dumps(out, indent=2))
+        elif args.command == "rootfs":
+            return _rootfs(args)
         elif args.command == "cache":
             root = cache_root()
             print(json.dumps({"path": str(root), "bytes": dir_size(root)}, indent=2))
@@ -81,6 +111,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vmharness: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _rootfs(args: argparse.Namespace) -> int:
+    """``rootfs build|cycle|list``; a cycle that did not complete exits 1 (JSON still printed)."""
+    from pathlib import Path
+
+    from .rootfs import boot_cycle, build_rootfs, cached_rootfs, rootfs_summary
+
+    if args.rootfs_command == "list":
+        print(json.dumps(cached_rootfs(), indent=2))
+        return 0
+    image = build_rootfs(args.kernel, args.suite, rebuild=getattr(args, "rebuild", False))
+    if args.rootfs_command == "build":
+        print(json.dumps(rootfs_summary(image), indent=2))
+        return 0
+    config = Path(args.config).read_text() if args.config else None
+    result = boot_cycle(
+        image,
+        Path(args.workdir) if args.workdir else None,
+        config=config,
+        target=args.target,
+        crash=args.crash,
+        mem=args.mem,
+        crashkernel=args.crashkernel,
+        accel=args.accel,
+        timeout=args.timeout,
+        append=args.append,
+        keep_disks=args.keep_disks,
+    )
+    data = result.to_json()
+    data["rootfs"] = {"tree": str(image.tree), "timings": image.timings, "cached": image.cached}
+    print(json.dumps(data, indent=2))
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

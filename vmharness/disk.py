@@ -93,3 +93,39 @@ def extract_files(image: Path, files: dict[str, Path], sparse: bool = True) -> d
                 capture_output=True,
             )
     return wanted
+
+
+def extract_tree(image: Path, directory: str, dest: Path, sparse: bool = True) -> Path:
+    """Copy ``directory`` of the image (recursively) into ``dest``; returns the copy.
+
+    ``"/"`` copies the filesystem's top-level entries into ``dest`` itself (without
+    ``lost+found``); any other directory lands in ``dest/<its name>``. Files over 1 MiB are made
+    sparse with ``fallocate --dig-holes`` when ``sparse``. Raises :class:`HarnessError` when the
+    directory is not in the image.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["debugfs", "-R", f'rdump "{directory}" "{dest}"', str(image)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    # debugfs reports a missing path on stderr but still exits 0
+    if proc.returncode != 0 or "not found" in proc.stderr or "No such file" in proc.stderr:
+        raise HarnessError(f"debugfs rdump {directory} from {image}: {proc.stderr.strip()}")
+    copy = dest if directory.strip("/") == "" else dest / Path(directory).name
+    if copy == dest:
+        lost = dest / "lost+found"
+        if lost.is_dir() and not any(lost.iterdir()):
+            lost.rmdir()
+    if sparse:
+        for path in copy.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_size > 1024 * 1024:
+                subprocess.run(
+                    ["fallocate", "--dig-holes", str(path)],
+                    check=False,
+                    timeout=600,
+                    capture_output=True,
+                )
+    return copy

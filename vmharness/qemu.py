@@ -67,6 +67,8 @@ class QemuConfig:
     """Add ``-device vmcoreinfo`` (lets QEMU's dump-guest-memory write a VMCOREINFO note)."""
     extra_args: tuple[str, ...] = ()
     qemu: str = QEMU
+    no_reboot: bool = True
+    """Add ``-no-reboot`` (a guest reset ends QEMU); off for guests that must reboot."""
 
     def argv(self, qmp_socket: Path, accel: str) -> list[str]:
         """The full QEMU command line."""
@@ -80,7 +82,7 @@ class QemuConfig:
             str(self.mem_mib),
             "-display",
             "none",
-            "-no-reboot",
+            *(["-no-reboot"] if self.no_reboot else []),
             "-serial",
             "stdio",
             "-monitor",
@@ -246,17 +248,22 @@ class QemuVM:
         return self._proc is not None and self._proc.poll() is None
 
     def wait_for(
-        self, pattern: str | re.Pattern[str], timeout: float, abort: str | None = None
+        self,
+        pattern: str | re.Pattern[str],
+        timeout: float,
+        abort: str | None = None,
+        start: int = 0,
     ) -> SerialLine | None:
         """Wait until a serial line matches ``pattern`` (a regex, searched).
 
-        Returns the line, or ``None`` when QEMU exited first. Raises :class:`HarnessError` on
-        timeout or when a line matches ``abort``.
+        Only lines from index ``start`` of :attr:`lines` on are considered. Returns the line, or
+        ``None`` when QEMU exited first. Raises :class:`HarnessError` on timeout or when a line
+        matches ``abort``.
         """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         abort_re = re.compile(abort) if abort else None
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = start
         with self._cond:
             while True:
                 for line in self.lines[seen:]:
@@ -377,13 +384,9 @@ KVM_PROBE_TIMEOUT = 20.0
 KVM_PROBE_MARKER = "KDUMPER: PROBE-OK"
 
 
-def kvm_works(config: QemuConfig) -> bool:
-    """Whether a kernel boots under KVM here; probed once per host kernel and QEMU, then cached.
-
-    The probe boots ``config``'s kernel and initrd with ``kdumper.mode=probe`` appended (the
-    harness's ``/init`` prints :data:`KVM_PROBE_MARKER` and powers off); it needs ``/dev/kvm``.
-    ``KDUMPER_ACCEL=tcg|kvm`` in the environment overrides the probe.
-    """
+def kvm_precheck() -> bool | None:
+    """The cheap part of :func:`kvm_works`: ``True``/``False`` when ``KDUMPER_ACCEL``, a missing
+    ``/dev/kvm`` or the CPU flags decide, ``None`` when only a probe boot can tell."""
     forced = os.environ.get("KDUMPER_ACCEL")
     if forced in ("tcg", "kvm"):
         return forced == "kvm"
@@ -395,6 +398,19 @@ def kvm_works(config: QemuConfig) -> bool:
         flags = Path("/proc/cpuinfo").read_text()
         if not re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.MULTILINE):
             return False
+    return None
+
+
+def kvm_works(config: QemuConfig) -> bool:
+    """Whether a kernel boots under KVM here; probed once per host kernel and QEMU, then cached.
+
+    The probe boots ``config``'s kernel and initrd with ``kdumper.mode=probe`` appended (the
+    harness's ``/init`` prints :data:`KVM_PROBE_MARKER` and powers off); it needs ``/dev/kvm``.
+    ``KDUMPER_ACCEL=tcg|kvm`` in the environment overrides the probe.
+    """
+    decided = kvm_precheck()
+    if decided is not None:
+        return decided
     key = content_key([os.uname().release, qemu_version(config.qemu)])
     record = cache_dir("probes") / f"kvm-{key}.json"
     if record.exists():
