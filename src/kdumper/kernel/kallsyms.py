@@ -107,31 +107,41 @@ def _entry_bounds(names: bytes, count: int) -> tuple[list[int], list[int]]:
     return starts, widths
 
 
+_DECODE_CHUNK = 8192  # symbols expanded per numpy pass: ~2 MiB of temporaries, not ~150 MiB
+
+
 def _decode_names(
     names: bytes, count: int, table: bytes, index: tuple[int, ...]
 ) -> tuple[list[str], str]:
-    """Expand every entry at once with numpy: each byte becomes its token's bytes, the length
-    fields become a newline (the one-byte field, or the first of two) and nothing."""
+    """Expand the entries with numpy, a chunk of symbols at a time (bounded memory: this runs in
+    the capture kernel): each byte becomes its token's bytes, the length fields become a newline
+    (the one-byte field, or the first of two) and nothing."""
     starts, widths = _entry_bounds(names, count)
-    used = starts[-1] - 1
-    seq = np.frombuffer(names, dtype=np.uint8, count=used).astype(np.int64)
-    field_at = np.asarray(starts[:-1], dtype=np.int64) - np.asarray(widths, dtype=np.int64)
-    seq[field_at] = 256  # "\n"
-    two = field_at[np.asarray(widths) == 2]
-    seq[two + 1] = 257  # ""
+    field_at = [start - width for start, width in zip(starts[:-1], widths, strict=True)]
     tab = np.frombuffer(table + b"\n", dtype=np.uint8)
     ends = [table.index(b"\0", off) for off in index]
     tok_start = np.asarray([*index, len(table), len(table)], dtype=np.int64)
     tok_len = np.asarray([e - o for e, o in zip(ends, index, strict=True)] + [1, 0], np.int64)
-    lens = tok_len[seq]
-    total = int(lens.sum())
-    first = np.repeat(np.cumsum(lens) - lens, lens)
-    positions = np.repeat(tok_start[seq], lens) + (np.arange(total, dtype=np.int64) - first)
-    text = tab[positions].tobytes().decode("ascii", "replace")
-    parts = text.split("\n")[1:]
-    if len(parts) != count:
-        raise KallsymsError("kallsyms names contain a newline: the table is corrupt")
-    return [p[1:] for p in parts], "".join([p[:1] or "?" for p in parts])
+    out: list[str] = []
+    types: list[str] = []
+    for lo in range(0, count, _DECODE_CHUNK):
+        hi = min(lo + _DECODE_CHUNK, count)
+        begin = field_at[lo]
+        end = field_at[hi] if hi < count else starts[-1] - 1
+        seq = np.frombuffer(names, dtype=np.uint8, count=end - begin, offset=begin).astype(np.int64)
+        fields = np.asarray(field_at[lo:hi], dtype=np.int64) - begin
+        seq[fields] = 256  # "\n"
+        seq[fields[np.asarray(widths[lo:hi]) == 2] + 1] = 257  # ""
+        lens = tok_len[seq]
+        total = int(lens.sum())
+        first = np.repeat(np.cumsum(lens) - lens, lens)
+        positions = np.repeat(tok_start[seq], lens) + (np.arange(total, dtype=np.int64) - first)
+        parts = tab[positions].tobytes().decode("ascii", "replace").split("\n")[1:]
+        if len(parts) != hi - lo:
+            raise KallsymsError("kallsyms names contain a newline: the table is corrupt")
+        out += [p[1:] for p in parts]
+        types.append("".join([p[:1] or "?" for p in parts]))
+    return out, "".join(types)
 
 
 def load_kallsyms(dump: Dump) -> Kallsyms | None:
