@@ -159,6 +159,26 @@ def test_raw_and_ssh_targets(tmp_path: Path) -> None:
     assert collect_status(Config(target=TargetConfig(ssh=ssh)), host).operational
 
 
+def test_ssh_target_probed_over_the_network(tmp_path: Path) -> None:
+    """A real sshd on loopback: reachable -> no problem; down -> a warning, still operational."""
+    from kdumper.collect.targets.ssh import check_target
+    from tests.sshd import sshd_server
+
+    host = make_host(tmp_path / "r", "loaded")
+    with sshd_server() as server:
+        target = server.target(tmp_path / "client")
+        cfg = Config(target=TargetConfig(ssh=target))
+        st = collect_status(cfg, host, probe_ssh=check_target)
+        assert st.operational, whats(st)
+        assert st.target is not None and st.target.exists is True
+        assert not any("ssh target" in w for w in whats(st))
+        server.stop()
+        st = collect_status(cfg, host, probe_ssh=check_target)
+        warning = [p for p in st.problems if "cannot take a dump now" in p.what]
+        assert warning and not warning[0].blocking
+        assert st.operational and st.target is not None and st.target.exists is False
+
+
 def test_config_error_is_reported(tmp_path: Path) -> None:
     st = status(
         make_host(tmp_path / "r", "loaded"),

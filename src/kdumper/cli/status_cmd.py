@@ -22,6 +22,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "the last dump and the last `kdumper test`. Exit 0 when protected, 3 when not.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not connect to an ssh target (only check that its key file exists)",
+    )
     add_config_option(p)
     p.set_defaults(func=run)
 
@@ -112,7 +117,12 @@ def run(args: argparse.Namespace) -> int:
         error = None
     except ConfigError as e:
         cfg, error = None, str(e)
-    st = collect_status(cfg, host, config_error=error)
+    probe = None
+    if not args.offline:
+        from ..collect.targets.ssh import check_target
+
+        probe = check_target
+    st = collect_status(cfg, host, config_error=error, probe_ssh=probe)
     if args.json:
         print_json(st.to_dict())
     else:

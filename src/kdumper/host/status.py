@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..collect.targets.ssh import SshTarget
+from ..collect.targets.ssh import TargetStatus as SshTargetStatus
 from ..config import Config, ssh_destination
 from .boot import LoadPlan, plan_load
 from .crashkernel import (
@@ -29,6 +31,7 @@ from .paths import read_text
 from .service import Host, TestResult, check_test, loaded_record, ram_size
 
 StatVfs = Callable[[str], os.statvfs_result]
+SshProbe = Callable[[SshTarget], SshTargetStatus]
 
 
 @dataclass(frozen=True)
@@ -157,18 +160,33 @@ def last_dump(directory: str) -> LastDump | None:
     return LastDump(best[1], int(best[0]), any("incomplete" in f for f in files), files)
 
 
-def _target(cfg: Config, statvfs: StatVfs, problems: list[Problem]) -> TargetStatus:
+def _target(
+    cfg: Config, statvfs: StatVfs, problems: list[Problem], probe_ssh: SshProbe | None
+) -> TargetStatus:
     t = cfg.target
     if t.kind == "ssh" and t.ssh is not None:
+        where = f"{ssh_destination(t.ssh)}:{t.ssh.path}"
         if not os.path.isfile(t.ssh.identity):
             problems.append(
                 Problem(
                     f"the ssh identity file {t.ssh.identity} does not exist",
-                    f"ssh-keygen -t ed25519 -N '' -f {t.ssh.identity}, then copy the public "
-                    f"key to {ssh_destination(t.ssh)}",
+                    f"kdumper propagate --target {ssh_destination(t.ssh)} (creates the key, "
+                    "installs it and pins the host key)",
                 )
             )
-        return TargetStatus("ssh", f"{ssh_destination(t.ssh)}:{t.ssh.path}", None)
+        elif probe_ssh is not None:
+            probe = probe_ssh(t.ssh)
+            if probe.problem is not None:
+                # the target may come back before the next crash: a warning, not a blocker
+                problems.append(
+                    Problem(
+                        f"the ssh target {where} cannot take a dump now: {probe.problem}",
+                        "fix the target or the network; kdumper propagate re-checks it",
+                        blocking=False,
+                    )
+                )
+            return TargetStatus("ssh", where, probe.ok)
+        return TargetStatus("ssh", where, None)
     if t.kind == "raw" and t.raw:
         try:
             mode = os.stat(t.raw).st_mode
@@ -216,8 +234,13 @@ def collect_status(
     *,
     config_error: str | None = None,
     statvfs: StatVfs = os.statvfs,
+    probe_ssh: SshProbe | None = None,
 ) -> HostStatus:
-    """Gather the state of the machine (``cfg`` None: the configuration did not load)."""
+    """Gather the state of the machine (``cfg`` None: the configuration did not load).
+
+    ``probe_ssh`` (e.g. :func:`kdumper.collect.targets.ssh.check_target`) checks an ssh target
+    over the network; without it only the local key file is checked.
+    """
     paths = host.paths
     st = HostStatus(config_error=config_error)
     problems = st.problems
@@ -293,7 +316,7 @@ def collect_status(
     if cfg is not None:
         plan = plan_load(cfg.load, paths, release=host.release, arch=host.arch)
         st.plan = plan
-        st.target = _target(cfg, statvfs, problems)
+        st.target = _target(cfg, statvfs, problems, probe_ssh)
         if cfg.target.kind != "ssh":
             st.last_dump = last_dump(cfg.target.path)
         st.test = check_test(cfg, paths)
