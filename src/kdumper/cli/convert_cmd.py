@@ -7,9 +7,10 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..dump.base import Dump, WriteResult
+from ..dump.io import create_private, fsync_stream
 from ..dump.open import open_dump
 from ..errors import DumpIOError, ExitCode, UsageError
 from ..kernel.crashinfo import read_utsname
@@ -195,13 +196,13 @@ def _write_flat(dump: Dump, out: str, kw: dict[str, Any]) -> WriteResult:
         result.bytes_out = sink.bytes_written
         return result
     tmp = out + "-incomplete"
-    stream = _create(tmp)
+    stream = create_private(tmp)
     with stream:
         sink = FlatSink(stream, name=out)
         try:
             result = write_kdump(sink, dump, **kw)
             sink.finish()
-            _fsync(stream, tmp)
+            fsync_stream(stream, tmp)
         except BaseException:
             sink.abort()
             raise
@@ -209,22 +210,3 @@ def _write_flat(dump: Dump, out: str, kw: dict[str, Any]) -> WriteResult:
     result.path, result.format = out, "flattened-kdump"
     result.bytes_out = sink.bytes_written
     return result
-
-
-def _create(path: str) -> BinaryIO:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise DumpIOError(f"cannot create: {e.strerror}", path=path) from None
-    os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "wb")
-
-
-def _fsync(stream: BinaryIO, path: str) -> None:
-    try:
-        stream.flush()
-        os.fsync(stream.fileno())
-    except OSError as e:
-        from ..dump.io import os_error
-
-        raise os_error(e, path, "fsync failed") from None

@@ -36,6 +36,7 @@ import numpy.typing as npt
 from ..codecs import Codec, get_codec
 from ..dump.base import Dump, Utsname, WriteResult
 from ..dump.bitmap import Bitmap
+from ..dump.io import create_private, fsync_stream
 from ..errors import KdumperError, PageNotPresentError, UsageError
 from ..kernel.pages import (
     ALWAYS_EXCLUDED,
@@ -554,12 +555,12 @@ def _save_flat(
         from ..errors import DumpIOError
 
         raise DumpIOError("already exists (use --force to overwrite)", path=out)
-    stream = _create(tmp)
+    stream = create_private(tmp)
     with stream:
         sink = FlatSink(stream, name=out)
         writer = KdumpWriter(sink, dump, pages=filt.pages, **common)
         result = _run_writer(engine, writer, sink)
-        _fsync(stream, tmp)
+        fsync_stream(stream, tmp)
     os.replace(tmp, out)
     result.path, result.format, result.bytes_out = out, "flattened-kdump", sink.bytes_written
     return result
@@ -580,29 +581,6 @@ def _save_elf(
     sink.finish()
     return result
 
-
-def _create(path: str) -> BinaryIO:
-    from ..dump.io import os_error
-
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise os_error(e, path, "cannot create") from None
-    os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "wb")
-
-
-def _fsync(stream: BinaryIO, path: str) -> None:
-    from ..dump.io import os_error
-
-    try:
-        stream.flush()
-        os.fsync(stream.fileno())
-    except OSError as e:
-        raise os_error(e, path, "fsync failed") from None
-
-
-# ---- mem-usage ---------------------------------------------------------------------------------
 
 MEM_USAGE_LEVELS = (0, 1, 2, 4, 8, 16, 31)
 

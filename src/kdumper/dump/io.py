@@ -14,6 +14,7 @@ import mmap
 import os
 from abc import ABC, abstractmethod
 from types import TracebackType
+from typing import BinaryIO
 
 from ..errors import DumpIOError, InputNotFoundError, NoSpaceError, TruncatedDumpError
 
@@ -229,3 +230,22 @@ class FileSink(Sink):
                 os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+
+
+def create_private(path: str) -> BinaryIO:
+    """A new file opened for streaming writes, mode 0600 whatever the umask (dumps hold secrets)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise os_error(e, path, "cannot create") from None
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def fsync_stream(stream: BinaryIO, path: str) -> None:
+    """Flush and fsync ``stream`` (written to ``path``)."""
+    try:
+        stream.flush()
+        os.fsync(stream.fileno())
+    except OSError as e:
+        raise os_error(e, path, "fsync failed") from None
