@@ -13,13 +13,8 @@ set -euo pipefail
 
 PACKAGES=(openssh-client openssh-server)
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-	status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-	if [ "$status" != "installed" ]; then
-		missing+=("$pkg")
-	fi
-done
+. "$(dirname "${BASH_SOURCE[0]}")/apt-lib.sh"
+mapfile -t missing < <(missing_packages "${PACKAGES[@]}")
 
 if [ "${#missing[@]}" -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then

@@ -28,17 +28,11 @@ APT_PACKAGES=(
 
 log() { printf 'tools: %s\n' "$*" >&2; }
 
-missing_packages() {
-    local pkg status
-    for pkg in "${APT_PACKAGES[@]}"; do
-        status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-        [[ $status == installed ]] || printf '%s\n' "$pkg"
-    done
-}
+. "$(dirname "${BASH_SOURCE[0]}")/apt-lib.sh"
 
 install_apt() {
     local missing
-    mapfile -t missing < <(missing_packages)
+    mapfile -t missing < <(missing_packages "${APT_PACKAGES[@]}")
     if ((${#missing[@]} == 0)); then
         log "Debian packages: all ${#APT_PACKAGES[@]} already installed"
         return 0
@@ -49,7 +43,7 @@ install_apt() {
         export KDUMPER_APT_UPDATED=1
     fi
     apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
-    mapfile -t missing < <(missing_packages)
+    mapfile -t missing < <(missing_packages "${APT_PACKAGES[@]}")
     if ((${#missing[@]})); then
         log "still missing after apt-get install: ${missing[*]}"
         return 1

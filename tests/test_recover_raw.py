@@ -30,25 +30,14 @@ from kdumper.collect.raw import (
 from kdumper.config import Config, RetentionConfig, SpaceLimit, TargetConfig
 from kdumper.errors import DumpFormatError
 from kdumper.host.service import TEST_ID_FILE
-from tests.synth import make_vmcore
+from tests import test_capture
 from tests.test_capture import NAME, Recorder, assert_same_pages, env_for
 
+# the capture tests' module-scoped fixtures: the same synthetic vmcore and its dmesg
+vmcore = test_capture.vmcore
+dmesg_text = test_capture.dmesg_text
+
 OFFSET = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def vmcore(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("vmcore") / "vmcore.elf"
-    make_vmcore(path, mem_mib=64, seed=11, nodename="synth-host")
-    return path
-
-
-@pytest.fixture(scope="module")
-def dmesg_text(vmcore: Path) -> bytes:
-    proc = subprocess.run(
-        [sys.executable, "-m", "kdumper", "dmesg", str(vmcore)], capture_output=True, check=True
-    )
-    return proc.stdout
 
 
 def raw_config(device: Path, target: Path, **kw: Any) -> Config:
