@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,9 @@ class Encoded:
 def zero_flags(data: bytes | memoryview, page_size: int) -> Bools:
     """One bool per page of ``data``: all bytes zero."""
     words = np.frombuffer(data, dtype=np.uint64).reshape(-1, page_size // 8)
-    return np.logical_not(words.any(axis=1))
+    # max() is a SIMD reduction; any() first casts every word to bool (1.6x slower here)
+    result: Bools = words.max(axis=1) == 0
+    return result
 
 
 class _Lzo:
@@ -75,7 +78,7 @@ class _Lzo:
             ctypes.addressof(st.wrk)  # fmt: skip
 
     def encode(
-        self, data: bytes, count: int, page_size: int, skip: list[bool] | None, flag: int
+        self, data: bytes, count: int, page_size: int, keep: Iterable[int], flag: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], bytes]:
         bound = page_size + page_size // 16 + 64 + 3  # makedumpfile calculate_len_buf_out
         _out, out_addr, n, n_addr, wrk = self._buffers(count * max(bound, page_size))
@@ -83,28 +86,29 @@ class _Lzo:
         assert src is not None
         fn, memmove = self._fn, ctypes.memmove
         sizes = [0] * count
-        flags = [0] * count
         pos = 0
-        for i in range(count):
-            if skip is not None and skip[i]:
-                continue
+        # the per-page work is this loop: nothing in it that can be done once per batch.
+        # lzo1x_1_compress only writes *dst_len, and always returns LZO_E_OK (lzo1x.h).
+        for i in keep:
             page = src + i * page_size
-            n.value = bound
-            if fn(page, page_size, out_addr + pos, n_addr, wrk) != 0:
-                raise RuntimeError("lzo1x_1_compress failed")  # cannot happen on valid buffers
+            dst = out_addr + pos
+            fn(page, page_size, dst, n_addr, wrk)
             size = n.value
-            if size < page_size:
-                flags[i] = flag
-            else:  # did not shrink: stored raw
-                memmove(out_addr + pos, page, page_size)
+            if size >= page_size:  # did not shrink: stored raw
+                memmove(dst, page, page_size)
                 size = page_size
             sizes[i] = size
             pos += size
-        return (
-            np.array(sizes, np.int64),
-            np.array(flags, np.uint32),
-            ctypes.string_at(out_addr, pos),
-        )
+        return (*_sizes_flags(sizes, page_size, flag), ctypes.string_at(out_addr, pos))
+
+
+def _sizes_flags(
+    sizes: list[int], page_size: int, flag: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32]]:
+    """The stored sizes as an array, and the codec flag of every page that shrank."""
+    arr = np.array(sizes, np.int64)
+    flags = np.where((arr > 0) & (arr < page_size), flag, 0).astype(np.uint32)
+    return arr, flags
 
 
 class _ZStream(ctypes.Structure):
@@ -181,18 +185,15 @@ class _Zlib:
         return st.stream.stream, st.ptr, st.bound, ctypes.addressof(st.out)
 
     def encode(
-        self, data: bytes, count: int, page_size: int, skip: list[bool] | None, flag: int
+        self, data: bytes, count: int, page_size: int, keep: Iterable[int], flag: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], bytes]:
         stream, ptr, bound, out_addr = self._stream(page_size, count)
         src = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
         assert src is not None
         deflate, reset, memmove = self._lib.deflate, self._lib.deflateReset, ctypes.memmove
         sizes = [0] * count
-        flags = [0] * count
         pos = 0
-        for i in range(count):
-            if skip is not None and skip[i]:
-                continue
+        for i in keep:
             page = src + i * page_size
             stream.next_in = page
             stream.avail_in = page_size
@@ -203,18 +204,12 @@ class _Zlib:
             reset(ptr)
             if rc != _Z_STREAM_END:
                 raise RuntimeError(f"deflate failed ({rc})")  # cannot happen with deflateBound
-            if size < page_size:
-                flags[i] = flag
-            else:
+            if size >= page_size:
                 memmove(out_addr + pos, page, page_size)
                 size = page_size
             sizes[i] = size
             pos += size
-        return (
-            np.array(sizes, np.int64),
-            np.array(flags, np.uint32),
-            ctypes.string_at(out_addr, pos),
-        )
+        return (*_sizes_flags(sizes, page_size, flag), ctypes.string_at(out_addr, pos))
 
 
 _LIBS: dict[str, Any] = {}
@@ -278,7 +273,6 @@ class BatchEncoder:
             if not zero_count:
                 zero = None
         omit = zero if lost is None else (lost if zero is None else zero | lost)
-        skip: list[bool] | None = omit.tolist() if omit is not None else None
         flag = self.codec.flag
         if flag == 0:  # no compression: the stored pages as they are
             if omit is None:
@@ -289,30 +283,23 @@ class BatchEncoder:
             return Encoded(stored, np.zeros(count, np.uint32), pages.tobytes(), zero, zero_count)
         if not isinstance(data, bytes):
             data = bytes(data)
+        keep = range(count) if omit is None else np.flatnonzero(~omit).tolist()
         if self._native is not None:
-            sizes_a, flags_a, blob = self._native.encode(data, count, ps, skip, flag)
+            sizes_a, flags_a, blob = self._native.encode(data, count, ps, keep, flag)
             return Encoded(sizes_a, flags_a, blob, zero, zero_count)
         view = memoryview(data)
         compress = self.codec.compress
         parts: list[bytes | memoryview] = []
         append = parts.append
         sizes = [0] * count
-        flags = [0] * count
-        pos = 0
-        for i in range(count):
-            page = view[pos : pos + ps]
-            pos += ps
-            if skip is not None and skip[i]:
-                continue
+        for i in keep:
+            page = view[i * ps : (i + 1) * ps]
             c = compress(page)
             if len(c) < ps:
                 append(c)
                 sizes[i] = len(c)
-                flags[i] = flag
             else:
                 append(page)
                 sizes[i] = ps
-        return Encoded(
-            np.array(sizes, np.int64), np.array(flags, np.uint32), b"".join(parts), zero,
-            zero_count,
-        )  # fmt: skip
+        sizes_a, flags_a = _sizes_flags(sizes, ps, flag)
+        return Encoded(sizes_a, flags_a, b"".join(parts), zero, zero_count)

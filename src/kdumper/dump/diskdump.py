@@ -1040,21 +1040,27 @@ class KdumpWriter:
         if not self._offsets:
             return
         descs = self._descs()
-        data = b"".join(self._data)
+        # the collector's batches (add_encoded_batch: a few chunks of hundreds of KiB) are
+        # written as they are: joining them first would copy every byte of the dump once more;
+        # single pages (add_encoded) are joined into one write
+        chunks = self._data if len(self._data) <= _DIRECT_CHUNKS else [b"".join(self._data)]
         try:
             self._write(self._desc_pos, descs.tobytes())
         except NoSpaceError as e:
             # part of this chunk may be on disk pointing at data that will never be written
             self._fail(e, [(self._desc_pos, descs, 0)])
             raise
+        pos = self._data_flushed
         try:
-            if data:
-                self._write(self._data_flushed, data)
+            for chunk in chunks:
+                if len(chunk):
+                    self._write(pos, chunk)
+                    pos += len(chunk)
         except NoSpaceError as e:
             self._fail(e, [(self._desc_pos, descs, self._data_flushed)])
             raise
         self._desc_pos += descs.nbytes
-        self._data_flushed += len(data)
+        self._data_flushed = pos
         self._offsets, self._sizes, self._flags, self._data = [], [], [], []
         self._data_len = 0
 
@@ -1093,6 +1099,10 @@ class KdumpWriter:
         if written != self.expected:
             raise ValueError(f"the writer was given {written} pages, expected {self.expected}")
         return self.result
+
+
+#: at most this many buffered payload chunks are written one by one instead of joined
+_DIRECT_CHUNKS = 8
 
 
 def _wrap_signed(value: int, bits: int) -> int:
