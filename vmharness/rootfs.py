@@ -124,10 +124,13 @@ GUEST_FILES: dict[str, tuple[str, int]] = {
         "/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf",
         0o644,
     ),
+    "kdguest-kill-capture": ("/usr/local/sbin/kdguest-kill-capture", 0o755),
+    "kdguest-kill-capture.service": ("/etc/systemd/system/kdguest-kill-capture.service", 0o644),
 }
 
-TARGETS: tuple[str, ...] = ("local", "raw")
-CRASHES: tuple[str, ...] = ("sysrq", "none")
+TARGETS: tuple[str, ...] = ("local", "raw", "ssh")
+#: ``kdumper-test``: the guest runs ``kdumper test --yes`` (test id, reload, sysrq crash)
+CRASHES: tuple[str, ...] = ("sysrq", "kdumper-test", "none")
 
 #: ``/etc/kdumper/kdumper.toml`` written when the caller gives no config, per target.
 DEFAULT_CONFIGS: dict[str, str] = {
@@ -136,6 +139,40 @@ DEFAULT_CONFIGS: dict[str, str] = {
 }
 
 DEFAULT_CRASHKERNEL = "256M"
+
+#: The ssh target's network (only for ``target="ssh"``): QEMU's user network with ``restrict=on``
+#: (no route out of it; DHCP still answers) and one guestfwd address, :data:`SSH_GUEST_ADDR` port
+#: 22, relayed to a port on the host's 127.0.0.1 (:func:`ssh_network_args`). In the guest
+#: systemd-networkd configures the virtio NIC by DHCP in both kernels and its wait-online
+#: service holds network-online.target (which kdumper-capture.service waits for) until then.
+#: ``kdguest-netcheck`` prints ``KDGUEST: net ...`` (what the network reaches: the addresses of
+#: ``/etc/kdguest/netcheck``, a file the test writes) before the ready marker.
+SSH_GUEST_ADDR = "10.0.2.100"
+#: the host, seen from QEMU's user network (unreachable with ``restrict=on``)
+USERNET_HOST_ADDR = "10.0.2.2"
+NETWORK_FILES: dict[str, tuple[str, int]] = {
+    "kdguest-net.network": ("/etc/systemd/network/50-kdguest.network", 0o644),
+    "kdguest-ready-network.conf": (
+        "/etc/systemd/system/kdguest-ready.service.d/network.conf",
+        0o644,
+    ),
+    "kdguest-netcheck": ("/usr/local/sbin/kdguest-netcheck", 0o755),
+}
+#: ``systemctl enable systemd-networkd`` (Debian 12's [Install] sections and Also=)
+NETWORK_LINKS: dict[str, str] = {
+    "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service": (
+        "/lib/systemd/system/systemd-networkd.service"
+    ),
+    "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket": (
+        "/lib/systemd/system/systemd-networkd.socket"
+    ),
+    "/etc/systemd/system/network-online.target.wants/systemd-networkd-wait-online.service": (
+        "/lib/systemd/system/systemd-networkd-wait-online.service"
+    ),
+    "/etc/systemd/system/dbus-org.freedesktop.network1.service": (
+        "/lib/systemd/system/systemd-networkd.service"
+    ),
+}
 
 #: Environment of every command run in (or to build) the guest tree: nothing of the caller's
 #: (PYTHONPATH, virtualenvs) may leak into the guest's Python.
@@ -660,8 +697,14 @@ def write_overlay(
     config: str | None,
     plan: Mapping[str, str],
     repo: Path = REPO_ROOT,
+    extra_files: Mapping[str, tuple[str | bytes, int]] | None = None,
+    network: bool = False,
 ) -> dict[str, Any]:
-    """Everything a run adds to the cached tree: guest files, kdumper, config, crash plan."""
+    """Everything a run adds to the cached tree: guest files, kdumper, config, crash plan.
+
+    ``extra_files`` maps guest paths to ``(content, mode)`` (written last: keys, known_hosts);
+    ``network`` adds the ssh target's network (:data:`NETWORK_FILES`, networkd enabled).
+    """
     _put(tree, "/etc/hostname", f"{HOSTNAME}\n")
     _put(tree, "/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n::1\tlocalhost\n")
     _put(tree, "/etc/fstab", FSTAB)
@@ -673,6 +716,13 @@ def write_overlay(
         tomllib.loads(config)  # a syntax error here is the caller's, not the guest's
         _put(tree, "/etc/kdumper/kdumper.toml", config)
     _put(tree, "/etc/kdguest/plan", "".join(f"{k}={v}\n" for k, v in sorted(plan.items())))
+    if network:
+        for name, (path, mode) in NETWORK_FILES.items():
+            _put(tree, path, (DATA_DIR / name).read_bytes(), mode)
+        for link, unit in NETWORK_LINKS.items():
+            _symlink(tree, link, unit)
+    for path, (data, mode) in (extra_files or {}).items():
+        _put(tree, path, data, mode)
     # byte-compile kdumper now: the capture kernel should not spend its memory and time on it
     in_chroot(tree, "python3", "-m", "compileall", "-q", site_packages(python), proc=False)
     return installed
@@ -685,6 +735,8 @@ def make_root_disk(
     config: str | None = None,
     plan: Mapping[str, str] | None = None,
     repo: Path = REPO_ROOT,
+    extra_files: Mapping[str, tuple[str | bytes, int]] | None = None,
+    network: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Build the root disk image of one run: the cached tree + :func:`write_overlay`.
 
@@ -698,7 +750,13 @@ def make_root_disk(
         tree = work / "root"
         _run(["cp", "-al", str(image.tree), str(tree)])
         installed = write_overlay(
-            tree, image.python, config=config, plan=plan or {"CRASH": "none"}, repo=repo
+            tree,
+            image.python,
+            config=config,
+            plan=plan or {"CRASH": "none"},
+            repo=repo,
+            extra_files=extra_files,
+            network=network,
         )
         size_mib = dir_size(tree) // (1024 * 1024) + ROOT_HEADROOM_MIB
         make_ext4_image(out, size_mib, label="kdroot", source_dir=tree)
@@ -931,6 +989,8 @@ class CycleResult:
     problems: list[str]
     config: str | None
     overlay: dict[str, Any] = field(default_factory=dict)
+    kill_capture: bool = False
+    """The capture was to be killed midway (``kill_capture_kib``)."""
 
     @property
     def ok(self) -> bool:
@@ -969,8 +1029,28 @@ def resolve_accel(accel: str, image: RootfsImage) -> str:
     return "kvm" if kvm_works(probe) else "tcg"
 
 
-def _plan(crash: str, delay: float) -> dict[str, str]:
-    return {"CRASH": crash, "CRASH_DELAY": str(delay), "AFTER": "poweroff"}
+def ssh_network_args(host_port: int, host: str = "127.0.0.1") -> list[str]:
+    """QEMU arguments of the ssh target's guest network: a virtio NIC on a user network that
+    reaches nothing but ``SSH_GUEST_ADDR:22``, relayed to ``host:host_port`` on this machine.
+
+    ``restrict=on`` drops every packet the guest sends out of the user network (DHCP and the
+    guestfwd address still answer). Each guest connection runs ``guestfwd-relay`` (QEMU's
+    ``cmd:`` form: a chardev guestfwd would connect once, at QEMU's start, and carry only one
+    connection).
+    """
+    relay = DATA_DIR / "guestfwd-relay"
+    cmd = f"{sys.executable} {relay} {host} {host_port}"
+    if "," in cmd:
+        raise HarnessError(f"QEMU's option syntax cannot carry ',' in {cmd!r}")
+    netdev = f"user,id=kdnet,restrict=on,guestfwd=tcp:{SSH_GUEST_ADDR}:22-cmd:{cmd}"
+    return ["-netdev", netdev, "-device", "virtio-net-pci,netdev=kdnet"]
+
+
+def _plan(crash: str, delay: float, kill_capture_kib: int | None = None) -> dict[str, str]:
+    plan = {"CRASH": crash, "CRASH_DELAY": str(delay), "AFTER": "poweroff"}
+    if kill_capture_kib is not None:
+        plan.update(KILL_CAPTURE="1", KILL_AFTER_KB=str(kill_capture_kib))
+    return plan
 
 
 def boot_cycle(
@@ -990,6 +1070,10 @@ def boot_cycle(
     repo: Path = REPO_ROOT,
     keep_disks: bool = False,
     crash_delay: float = 2.0,
+    dump_disk_mib: int | None = None,
+    kill_capture_kib: int | None = None,
+    dump_seed: Path | None = None,
+    extra_files: Mapping[str, tuple[str | bytes, int]] | None = None,
 ) -> CycleResult:
     """Boot the guest, let kdumper.service arm it, crash it, follow the capture, power off.
 
@@ -998,8 +1082,16 @@ def boot_cycle(
     (default ``<cache>/rootfs-runs/<release>-<target>-<crash>``, emptied first) receives the
     disks, ``serial.log``, ``crash/`` (``/var/crash`` of the dump disk), ``kdguest/`` (the
     guest's state directory) and ``result.json``. The root and dump disk images are deleted
-    after a successful run unless ``keep_disks``. Guest misbehaviour is reported in
-    :attr:`CycleResult.problems`; host failures raise :class:`HarnessError`.
+    after a successful run unless ``keep_disks``. ``dump_disk_mib`` sizes the ext4 dump disk
+    (default: room for an unfiltered dump), ``dump_seed`` is copied into it (earlier dumps);
+    ``kill_capture_kib`` makes the capture kernel
+    ``kill -9`` the capture once its ``vmcore-incomplete`` reaches that many KiB (the unit's
+    ``FailureAction=`` must then reboot; the failed unit is not a problem of the cycle, a
+    capture that was never killed is). ``extra_files`` (guest path → ``(content, mode)``) go
+    into the overlay. ``target="ssh"`` needs a ``config`` and ``extra_qemu_args`` from
+    :func:`ssh_network_args`; it adds the guest network (:data:`NETWORK_FILES`). Guest
+    misbehaviour is reported in :attr:`CycleResult.problems`; host failures raise
+    :class:`HarnessError`.
     """
     if target not in TARGETS:
         raise HarnessError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
@@ -1011,17 +1103,28 @@ def boot_cycle(
         shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     if config is None:
+        if target not in DEFAULT_CONFIGS:
+            raise HarnessError(f"the {target} target needs a config (no default)")
         config = DEFAULT_CONFIGS[target]
     timings: dict[str, float] = {}
 
     t = time.monotonic()
     root_img, overlay = make_root_disk(
-        image, workdir / "root.img", config=config, plan=_plan(crash, crash_delay), repo=repo
+        image,
+        workdir / "root.img",
+        config=config,
+        plan=_plan(crash, crash_delay, kill_capture_kib),
+        repo=repo,
+        extra_files=extra_files,
+        network=target == "ssh",
     )
     timings["root_disk"] = round(time.monotonic() - t, 3)
     t = time.monotonic()
     dump_img = make_ext4_image(
-        workdir / "dump.img", max(1024, mem_mib * 3 // 2 + 256), label="kdcrash"
+        workdir / "dump.img",
+        dump_disk_mib or max(1024, mem_mib * 3 // 2 + 256),
+        label="kdcrash",
+        source_dir=dump_seed,
     )
     raw_img = workdir / "raw.img"
     with raw_img.open("wb") as f:
@@ -1130,6 +1233,7 @@ def boot_cycle(
         problems=problems,
         config=config,
         overlay=overlay,
+        kill_capture=kill_capture_kib is not None,
     )
     _check(result)
     if result.ok and not keep_disks:
@@ -1229,7 +1333,13 @@ def _check(result: CycleResult) -> None:
             p.append("no capture kernel booted after the crash (a plain reboot?)")
         if result.capture_kernel_booted and not result.capture_started:
             p.append("the capture kernel never started kdumper-capture.service")
-        p.extend(result.capture_troubles)
+        troubles = result.capture_troubles
+        if result.kill_capture:
+            # killed on purpose: its failure is expected, a capture that ran on is not
+            troubles = [t for t in troubles if "kdumper-capture.service failed" not in t]
+            if result.capture_started and "killed-capture" not in {m.name for m in result.markers}:
+                p.append("the capture was not killed midway (no killed-capture marker)")
+        p.extend(troubles)
         if result.crashed and not result.back:
             p.append("the guest did not come back after the capture")
     if result.ready and not result.powered_off and not any("power" in x for x in p):
@@ -1263,4 +1373,5 @@ __all__ = [
     "make_root_disk",
     "parse_boots",
     "parse_markers",
+    "ssh_network_args",
 ]

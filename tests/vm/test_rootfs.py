@@ -6,7 +6,9 @@ ready unit after kdumper.service (~20 s under TCG). ``KDUMPER_VM_FULL=1`` adds t
 
 The end-to-end cycle (armed by kdumper.service, crashed, captured by kdumper-capture.service,
 back, the dump read on the host; about 1-1.5 minutes each): by default 6.1 to a local directory
-and 6.12 to a raw disk; ``KDUMPER_VM_FULL=1`` runs both targets on both kernels.
+(crashed with sysrq) and 6.12 to a raw disk (crashed by ``kdumper test --yes``, whose result the
+next boot's ``kdumper status`` must report as passed); ``KDUMPER_VM_FULL=1`` runs both targets
+on both kernels. The failure paths are in tests/vm/test_capture_failures.py.
 
 The pure functions (serial-log parsing, unit placement, wheel unpacking) are tested without QEMU
 and without the ``vm`` marker.
@@ -17,26 +19,22 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.vm.conftest import RootfsFactory
 from vmharness import SerialLine, get_kernel, get_vmlinux
 from vmharness.disk import list_files
 from vmharness.errors import HarnessError
-from vmharness.pytest_plugin import require_vm_host
 from vmharness.rootfs import (
     REPO_ROOT,
     CycleResult,
-    RootfsImage,
     _unit_wanted_by,
     boot_cycle,
-    build_rootfs,
     capture_section,
     capture_troubles,
     crash_time,
@@ -60,29 +58,6 @@ E2E_CASES = (
 
 #: the panic line of a sysrq crash, as the dump's kernel log has it
 SYSRQ_PANIC = "Kernel panic - not syncing: sysrq triggered crash"
-
-RootfsFactory = Callable[[str], RootfsImage]
-
-
-@pytest.fixture(scope="session")
-def rootfs_factory() -> RootfsFactory:
-    """Build (or fetch from the cache) the guest tree of a kernel, once per session."""
-    memo: dict[str, RootfsImage] = {}
-
-    def factory(kernel: str) -> RootfsImage:
-        require_vm_host()
-        missing = [t for t in ("debootstrap", "unshare", "chroot") if shutil.which(t) is None]
-        if missing or os.geteuid() != 0:
-            msg = f"the Debian guest needs root and {', '.join(missing) or 'nothing else'}"
-            msg += ": run scripts/vm-deps.sh"
-            if os.environ.get("CI"):
-                pytest.fail(msg)
-            pytest.skip(msg)
-        if kernel not in memo:
-            memo[kernel] = build_rootfs(kernel)
-        return memo[kernel]
-
-    return factory
 
 
 def _explain(result: CycleResult) -> str:
@@ -210,6 +185,18 @@ def _saved_dump(result: CycleResult, target: str) -> Path:
     return result.raw_disk
 
 
+def _check_test_passed(result: CycleResult) -> None:
+    """``kdumper status`` of the boot after ``kdumper test``: the test passed, and its id is the
+    one the capture wrote into the dump directory (from ``kdumper.test_id=``)."""
+    assert result.status is not None and result.dump_dir is not None, _explain(result)
+    test = result.status["test"]
+    assert test is not None and test["result"] == "passed", result.status
+    saved = [f for f in result.dump_files if f.endswith("/test-id")]
+    assert len(saved) == 1, result.dump_files
+    assert (result.dump_dir / saved[0]).read_text().strip() == test["id"]
+    assert test["dump_dir"] == "/var/crash/" + saved[0].rsplit("/", 1)[0], test
+
+
 @vm
 @pytest.mark.parametrize(("kernel", "target"), E2E_CASES)
 def test_kdumper_cycle(
@@ -217,16 +204,21 @@ def test_kdumper_cycle(
 ) -> None:
     """kdumper alone in the guest (no kexec-tools, no makedumpfile): armed by kdumper.service,
     crashed with sysrq, captured by kdumper-capture.service, rebooted by its final action, back;
-    the saved dump opens with kdumper and its log has the panic."""
+    the saved dump opens with kdumper and its log has the panic. The raw cycles crash the way an
+    administrator tests kdump, with ``kdumper test --yes`` (test id, reload, sysrq): the next
+    boot's ``kdumper status`` must report that test's dump as saved."""
     import kdumper
 
     image = rootfs_factory(kernel)
-    result = boot_cycle(image, tmp_path, target=target, crash="sysrq", timeout=900)
+    crash = "kdumper-test" if target == "raw" else "sysrq"
+    result = boot_cycle(image, tmp_path, target=target, crash=crash, timeout=900)
     assert result.ok, _explain(result)
     assert result.armed and result.crashed and result.capture_kernel_booted
     assert result.capture_started and result.back
     kinds = [b.capture for b in result.boots]
     assert kinds == [False, True, False], kinds
+    if crash == "kdumper-test":
+        _check_test_passed(result)
 
     path = _saved_dump(result, target)
     with kdumper.open(str(path)) as dump:

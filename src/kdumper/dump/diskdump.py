@@ -915,10 +915,17 @@ class KdumpWriter:
         self.result.bytes_out = max(self.result.bytes_out, offset + len(data))
 
     def begin(self) -> None:
-        """Write the headers, notes, both bitmaps and the shared zero page."""
+        """Write the headers, notes, both bitmaps and the shared zero page.
+
+        In a seekable sink the header carries the incomplete flag until :meth:`finish`: a
+        writer killed midway (SIGKILL, a hung target, power loss) leaves a file that every
+        reader flags as cut short rather than one that claims to be whole.
+        """
         bs, lay = self.block_size, self.layout
         try:
-            self._write(0, self.header_bytes().ljust(bs, b"\0"))
+            status = self.status | (STATUS_INCOMPLETE if self.sink.seekable else 0)
+            header = lay.header.pack(*self._header_fields._replace(status=status))
+            self._write(0, header.ljust(bs, b"\0"))
             sub = lay.sub.pack(*self.sub) + self._notes
             self._write(bs, sub.ljust(self.sub_hdr_size * bs, b"\0"))
             self._write_bitmap(self.bitmap_offset, self.present)
@@ -1090,7 +1097,8 @@ class KdumpWriter:
             if self._lost:
                 self.status |= STATUS_INCOMPLETE
                 self.result.incomplete = True
-                self._write(0, self.header_bytes())
+            if self._lost or self.sink.seekable:
+                self._write(0, self.header_bytes())  # the final status (see begin)
         except NoSpaceError as e:
             if not self._failed:
                 self._fail(e, [])

@@ -139,25 +139,43 @@ def pending_crashkernel(grub_text: str | None, running: str) -> str | None:
     return configured if configured and configured != running else None
 
 
+#: file names that make a directory a dump directory: kdumper's and kdump-utils' ``vmcore``,
+#: ``vmcore-incomplete``, ``vmcore-dmesg.txt``; kdump-tools' ``dump.<stamp>``, ``dump-incomplete``,
+#: ``dmesg.<stamp>``
+DUMP_FILE_PREFIXES = ("vmcore", "dump", "dmesg")
+
+
+def _dump_files(path: str) -> tuple[str, ...] | None:
+    """The files of ``path`` when it is a dump directory (None: it holds no dump file)."""
+    try:
+        names = tuple(sorted(os.listdir(path)))
+    except OSError:
+        return None
+    return names if any(n.startswith(DUMP_FILE_PREFIXES) for n in names) else None
+
+
 def last_dump(directory: str) -> LastDump | None:
-    """The newest subdirectory of ``directory`` (a dump directory)."""
-    best: tuple[float, str] | None = None
+    """The newest dump directory of ``directory``: a subdirectory holding a dump or its log
+    (:data:`DUMP_FILE_PREFIXES`), so ``lost+found`` and other directories are never taken for
+    one."""
+    best: tuple[float, str, tuple[str, ...]] | None = None
     try:
         with os.scandir(directory) as it:
             for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
-                    if best is None or mtime > best[0]:
-                        best = (mtime, entry.path)
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+                if best is not None and mtime <= best[0]:
+                    continue
+                files = _dump_files(entry.path)
+                if files is not None:
+                    best = (mtime, entry.path, files)
     except OSError:
         return None
     if best is None:
         return None
-    try:
-        files = tuple(sorted(os.listdir(best[1])))
-    except OSError:
-        files = ()
-    return LastDump(best[1], int(best[0]), any("incomplete" in f for f in files), files)
+    mtime, path, files = best
+    return LastDump(path, int(mtime), any("incomplete" in f for f in files), files)
 
 
 def _target(
