@@ -42,6 +42,7 @@ from kdumper.config import (
 from kdumper.dump.io import FileSink
 from kdumper.errors import DumpIOError, KernelError, NoSpaceError, PageIncompleteError
 from kdumper.host.service import TEST_ID_FILE, find_test_dump
+from kdumper.triage.report import triage_json
 from tests.synth import make_vmcore
 
 NAME = "synth-host-" + time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(1_718_000_000))
@@ -100,6 +101,7 @@ def env_for(
         "rootfs_dir": str(tmp_path / "rootfs"),
         "run_action": rec.action,
         "say": rec.say,
+        "triage": triage_json,
     }
     values.update(kw)
     return CaptureEnv(**values)

@@ -30,6 +30,7 @@ from kdumper.collect.raw import (
 from kdumper.config import Config, RetentionConfig, SpaceLimit, TargetConfig
 from kdumper.errors import DumpFormatError
 from kdumper.host.service import TEST_ID_FILE
+from kdumper.triage.report import triage_json
 from tests import test_capture
 from tests.test_capture import NAME, Recorder, assert_same_pages, env_for
 
@@ -87,7 +88,9 @@ def test_capture_then_recover(vmcore: Path, dmesg_text: bytes, tmp_path: Path) -
     assert h.dump_offset % 4096 == 0 and h.dump_length > 0
 
     said: list[str] = []
-    out = recover_device(str(dev), OFFSET, str(tmp_path / "crash"), say=said.append)
+    out = recover_device(
+        str(dev), OFFSET, str(tmp_path / "crash"), say=said.append, triage=triage_json
+    )
     assert out.status == "complete" and out.dump_dir == str(tmp_path / "crash" / NAME)
     d = Path(out.dump_dir)
     assert sorted(p.name for p in d.iterdir()) == sorted(

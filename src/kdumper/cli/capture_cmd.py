@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     """``kdumper capture``."""
     from ..collect.capture import CaptureEnv, capture
     from ..config import Config
+    from ..triage.report import triage_json
 
     try:
         cfg = load_from_args(args)
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         cmdline=host_from_env().paths.proc_cmdline,
         act=args.act,
         say=note,
+        triage=triage_json,
     )
     result = capture(cfg, env)
     if args.json:

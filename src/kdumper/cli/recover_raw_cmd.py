@@ -57,6 +57,7 @@ def _offset(text: str | None, cfg: Config) -> int:
 def run(args: argparse.Namespace) -> int:
     """``kdumper recover-raw``."""
     from ..collect.raw import recover_device
+    from ..triage.report import triage_json
 
     cfg = load_from_args(args)
     device = args.device or cfg.target.raw
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.target.path,
         keep=cfg.retention.keep,
         say=note,
+        triage=triage_json,
     )
     for w in res.warnings:
         note(f"warning: {w}")
@@ -88,6 +90,7 @@ def recover_at_boot(cfg: Config) -> None:
     if cfg.target.kind != "raw" or not cfg.target.raw:
         return
     from ..collect.raw import recover_device
+    from ..triage.report import triage_json
 
     try:
         res = recover_device(
@@ -96,6 +99,7 @@ def recover_at_boot(cfg: Config) -> None:
             cfg.target.path,
             keep=cfg.retention.keep,
             say=note,
+            triage=triage_json,
         )
     except KdumperError as e:
         note(f"warning: no dump recovered from the raw target: {e}")

@@ -73,10 +73,8 @@ from ..errors import (
     KernelError,
     NoSpaceError,
 )
-from ..host.boot import TEST_ID_PARAM
-from ..host.crashkernel import split_cmdline
-from ..host.service import TEST_ID_FILE
-from .retention import create_dump_dir, dump_dir_name, prune, write_file
+from ..handoff import TEST_ID_FILE, TEST_ID_PARAM, split_cmdline
+from .retention import TriageFn, create_dump_dir, dump_dir_name, prune, write_file
 
 if TYPE_CHECKING:
     from ..collect.pipeline import SaveOptions, SaveResult
@@ -264,6 +262,9 @@ class CaptureEnv:
     now: Callable[[], float] = time.time
     hostname: Callable[[], str] = socket.gethostname
     hook_timeout: float = HOOK_TIMEOUT
+    # report.json's analysis of the crashed kernel (the CLI passes triage.report's); None: the
+    # report holds only the capture's own summary
+    triage: TriageFn | None = None
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -583,11 +584,9 @@ class _Capture:
     def report_bytes(self, summary: dict[str, Any] | None, status: str, saved: str | None) -> bytes:
         """report.json: the triage report of the crashed kernel (read from the source; its next
         steps name the ``saved`` file) plus the capture summary."""
-        from ..triage.report import build_report, report_to_json
-
         assert self.dump is not None
-        report = build_report(self.dump, [saved or self.env.vmcore], memory=False)
-        doc = report_to_json(report)
+        triage = self.env.triage
+        doc = triage(self.dump, [saved or self.env.vmcore]) if triage is not None else {}
         doc["capture"] = {
             "status": status,
             "target": self.cfg.target.kind,

@@ -36,7 +36,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from ..dump.flattened import FLAT_SIGNATURE, reassemble_flat
 from ..errors import (
@@ -46,6 +46,9 @@ from ..errors import (
     KdumperError,
     NoSpaceError,
 )
+
+if TYPE_CHECKING:
+    from .retention import TriageFn
 
 RAW_MAGIC = b"KDUMPER-RAWDUMP\0"
 RAW_VERSION = 1
@@ -567,11 +570,13 @@ def recover_device(
     keep: int = 0,
     say: Say = lambda _m: None,
     now: Callable[[], float] = time.time,
+    triage: TriageFn | None = None,
 ) -> RecoverResult:
     """:func:`recover` the area of ``device`` at ``offset`` into ``target_dir``, with
-    ``report.json`` and the ``test-id`` file, then keep the newest ``keep`` dumps (after a
-    complete recovery only). :class:`RawDeviceMissingError` when the device does not exist."""
-    from ..host.service import TEST_ID_FILE
+    ``report.json`` (``triage``'s analysis and the raw header's facts) and the ``test-id``
+    file, then keep the newest ``keep`` dumps (after a complete recovery only).
+    :class:`RawDeviceMissingError` when the device does not exist."""
+    from ..handoff import TEST_ID_FILE
     from .retention import prune, write_file
 
     warnings: list[str] = []
@@ -586,7 +591,7 @@ def recover_device(
                 warnings.append(f"the test id could not be saved: {e}")
         if os.path.exists(vmcore):
             try:
-                write_file(os.path.join(dump_dir, "report.json"), _report(vmcore, header))
+                write_file(os.path.join(dump_dir, "report.json"), _report(vmcore, header, triage))
                 names.append("report.json")
             except Exception as e:  # the report is optional: the dump is what matters
                 warnings.append(f"the triage report could not be saved: {type(e).__name__}: {e}")
@@ -604,14 +609,15 @@ def recover_device(
     return res
 
 
-def _report(vmcore: str, header: RawHeader) -> bytes:
+def _report(vmcore: str, header: RawHeader, triage: TriageFn | None) -> bytes:
     import json
 
     from .. import open as open_dump
-    from ..triage.report import build_report, report_to_json
 
-    with open_dump(vmcore) as dump:
-        doc = report_to_json(build_report(dump, [vmcore], memory=False))
+    doc: dict[str, Any] = {}
+    if triage is not None:
+        with open_dump(vmcore) as dump:
+            doc = triage(dump, [vmcore])
     doc["capture"] = {
         "status": header.status_name,
         "target": "raw",

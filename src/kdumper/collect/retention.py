@@ -23,6 +23,7 @@ import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..dump.io import FileSink, os_error
 from ..errors import DumpIOError
@@ -33,9 +34,19 @@ DIR_PATTERN = re.compile(
 )
 MAX_SEQ = 999  # directories of one name and time before giving up
 
+if TYPE_CHECKING:
+    from ..dump.base import Dump
+
+TriageFn = Callable[["Dump", list[str]], dict[str, Any]]
+"""``triage(dump, paths)``: the analysis of the crashed kernel that opens a dump directory's
+``report.json`` (``paths`` name the saved dump in its next steps). The capture takes it as a
+parameter, so that the collector does not import the triage code (the CLI passes
+:func:`kdumper.triage.report.triage_json`)."""
+
 __all__ = [
     "DIR_PATTERN",
     "DumpDirEntry",
+    "TriageFn",
     "create_dump_dir",
     "dump_dir_name",
     "list_dump_dirs",

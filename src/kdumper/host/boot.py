@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 
 from ..config import LoadConfig, default_append
 from ..errors import ExitCode, KdumperError, UnsupportedError
-from .crashkernel import CrashkernelError, parse_cmdline, parse_value, split_cmdline
+from ..handoff import TEST_ID_PARAM, split_cmdline
+from .crashkernel import CrashkernelError, parse_cmdline, parse_value
 from .paths import HostPaths, read_text
-
-TEST_ID_PARAM = "kdumper.test_id"  # the capture kernel finds the `kdumper test` id here
 
 
 class BootloaderError(KdumperError):

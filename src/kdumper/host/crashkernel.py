@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import ExitCode, KdumperError
+from ..handoff import split_cmdline
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -219,29 +220,6 @@ def _parse_ranges(text: str) -> CrashkernelValue:
     if pos != len(text):
         raise ValueError(f"unrecognized character {text[pos]!r}")
     return CrashkernelValue(text=text, ranges=tuple(entries), offset=offset)
-
-
-def split_cmdline(cmdline: str) -> list[str]:
-    """Split a kernel command line into parameters, keeping double-quoted spaces (``next_arg``)."""
-    out: list[str] = []
-    cur: list[str] = []
-    quoted = False
-    started = False
-    for ch in cmdline:
-        if ch == '"':
-            quoted = not quoted
-            cur.append(ch)
-            started = True
-        elif ch.isspace() and not quoted:
-            if started:
-                out.append("".join(cur))
-                cur, started = [], False
-        else:
-            cur.append(ch)
-            started = True
-    if started:
-        out.append("".join(cur))
-    return out
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import Config, ssh_destination
 from ..errors import DumpIOError, ExitCode, KdumperError
+from ..handoff import TEST_ID_FILE
 from . import kexec
 from .boot import LoadPlan, plan_load
 from .crashkernel import current_reservation, parse_iomem, system_ram
@@ -39,7 +40,6 @@ class MissingKernelError(KdumperError):
 
 LOADED_STATE = "loaded.json"
 TEST_STATE = "test-status.json"
-TEST_ID_FILE = "test-id"  # written by the capture into the dump directory
 
 
 @dataclass(frozen=True)

@@ -372,6 +372,12 @@ def report_to_json(r: TriageReport) -> dict[str, Any]:
     }
 
 
+def triage_json(dump: Dump, paths: list[str]) -> dict[str, Any]:
+    """The JSON report of ``dump`` without the memory census: what a capture writes into
+    ``report.json`` (:data:`kdumper.collect.retention.TriageFn`)."""
+    return report_to_json(build_report(dump, paths, memory=False))
+
+
 # --------------------------------------------------------------------------------------------
 # text
 
