@@ -530,6 +530,10 @@ def test_cli_capture(vmcore: Path, tmp_path: Path) -> None:
     assert all(line.startswith("kdumper: ") for line in lines)
     assert "Traceback" not in proc.stderr
     assert (Path(out["target"]["location"]) / "vmcore").exists()
+    # the CLI hands the triage to the capture: report.json has the analysis, not only the summary
+    report = json.loads((Path(out["target"]["location"]) / "report.json").read_text())
+    assert report["schema"].startswith("kdumper-report") and report["kernel"]
+    assert report["capture"]["status"] == "complete"
 
 
 def test_cli_never_reboots_outside_a_capture_kernel(vmcore: Path, tmp_path: Path) -> None:

@@ -21,10 +21,14 @@ dump goes to the defaults (``/var/crash``, level 31, zlib, reboot afterwards).
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExitCode, KdumperError
 from .config_cmd import add_config_option, host_from_env, load_from_args
 from .output import note, print_json
+
+if TYPE_CHECKING:
+    from ..dump.base import Dump
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     """``kdumper capture``."""
     from ..collect.capture import CaptureEnv, capture
     from ..config import Config
-    from ..triage.report import triage_json
 
     try:
         cfg = load_from_args(args)
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         cmdline=host_from_env().paths.proc_cmdline,
         act=args.act,
         say=note,
-        triage=triage_json,
+        triage=_triage,
     )
     result = capture(cfg, env)
     if args.json:
@@ -80,3 +83,11 @@ def run(args: argparse.Namespace) -> int:
     if result.action_taken:
         return ExitCode.OK
     return result.exit_code
+
+
+def _triage(dump: Dump, paths: list[str]) -> dict[str, Any]:
+    """report.json's analysis; the triage code is imported only once the dump is saved (its
+    import costs the capture kernel's one CPU time before the log is safe)."""
+    from ..triage.report import triage_json
+
+    return triage_json(dump, paths)
