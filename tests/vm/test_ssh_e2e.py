@@ -134,9 +134,14 @@ def guest_config(server: SshServer) -> str:
     )
 
 
-def ssh_cycle(image: Any, server: SshServer, workdir: Path, *, timeout: float = 900) -> CycleResult:
-    """One crash of the guest with the ssh target pointed at ``server``."""
+def ssh_cycle(
+    image: Any, server: SshServer, workdir: Path, *, timeout: float = 900, stop_server: bool = False
+) -> CycleResult:
+    """One crash of the guest with the ssh target pointed at ``server`` (``stop_server``: the
+    server is stopped once the key is propagated, before the guest boots)."""
     files = propagated_files(server, workdir / "propagate")
+    if stop_server:
+        server.stop()
     return boot_cycle(
         image,
         workdir / "cycle",
@@ -289,18 +294,7 @@ def test_ssh_unreachable_dumps_to_rootfs(
     """sshd stopped before the crash: the capture retries, gives up, and failure_action
     dump_to_rootfs saves the log and the dump on the guest's own disk; nothing arrives."""
     image = rootfs_factory("6.1")
-    files = propagated_files(sshd, tmp_path / "propagate")
-    sshd.stop()
-    result = boot_cycle(
-        image,
-        tmp_path / "cycle",
-        target="ssh",
-        crash="sysrq",
-        config=guest_config(sshd),
-        extra_files=files,
-        extra_qemu_args=ssh_network_args(sshd.port),
-        timeout=1200,
-    )
+    result = ssh_cycle(image, sshd, tmp_path, timeout=1200, stop_server=True)
     assert result.ok, _explain(result, sshd)
     assert result.capture_started and result.back
     assert not [p for p in sshd.remote.iterdir() if not p.name.startswith(".")]
