@@ -13,3 +13,7 @@ class GuestError(HarnessError):
     def __init__(self, message: str, serial_log: object | None = None) -> None:
         super().__init__(message if serial_log is None else f"{message} (serial log: {serial_log})")
         self.serial_log = serial_log
+
+
+class GuestStalledError(HarnessError):
+    """The guest printed nothing on its console for longer than a wait allowed (hung)."""

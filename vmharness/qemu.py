@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from .cache import cache_dir, content_key
-from .errors import HarnessError
+from .errors import GuestStalledError, HarnessError
 
 QEMU = "qemu-system-x86_64"
 TCG_ACCEL = "tcg,thread=multi"
@@ -253,17 +253,20 @@ class QemuVM:
         timeout: float,
         abort: str | None = None,
         start: int = 0,
+        silence: float | None = None,
     ) -> SerialLine | None:
         """Wait until a serial line matches ``pattern`` (a regex, searched).
 
         Only lines from index ``start`` of :attr:`lines` on are considered. Returns the line, or
         ``None`` when QEMU exited first. Raises :class:`HarnessError` on timeout or when a line
-        matches ``abort``.
+        matches ``abort``, and :class:`GuestStalledError` when ``silence`` is given and the
+        console has printed nothing for that many seconds (a hung guest).
         """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         abort_re = re.compile(abort) if abort else None
         deadline = time.monotonic() + timeout
         seen = start
+        last_output = time.monotonic()
         with self._cond:
             while True:
                 for line in self.lines[seen:]:
@@ -271,11 +274,19 @@ class QemuVM:
                         return line
                     if abort_re is not None and abort_re.search(line.text):
                         raise HarnessError(f"guest reported: {line.text.strip()}")
+                now = time.monotonic()
+                if len(self.lines) > seen:
+                    last_output = now
                 seen = len(self.lines)
                 reader_done = self._reader is None or not self._reader.is_alive()
                 if reader_done and not self.running():
                     return None
-                left = deadline - time.monotonic()
+                if silence is not None and now - last_output > silence:
+                    raise GuestStalledError(
+                        f"the guest printed nothing for {silence:.0f}s while waiting for "
+                        f"{regex.pattern!r}"
+                    )
+                left = deadline - now
                 if left <= 0:
                     raise HarnessError(
                         f"timeout after {timeout:.0f}s waiting for {regex.pattern!r}"

@@ -6,12 +6,13 @@ import gzip
 import io
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from vmharness.debian import compare_versions
-from vmharness.errors import HarnessError
+from vmharness.errors import GuestStalledError, HarnessError
 from vmharness.initramfs import CpioWriter, gzip_cpio
 from vmharness.procfs import parse_buddyinfo, parse_meminfo, parse_vmstat
 from vmharness.qemu import QemuConfig, QemuVM, SerialLine
@@ -181,3 +182,18 @@ def test_qemu_vm_exit_before_marker(tmp_path: Path) -> None:
     qemu = _fake_qemu(tmp_path, 'echo "Kernel panic"; exit 1')
     with QemuVM(QemuConfig(qemu=qemu), tmp_path / "w", exclusive=False) as vm:
         assert vm.wait_for("capture-done", 10) is None
+
+
+def test_qemu_vm_silence_is_a_stall(tmp_path: Path) -> None:
+    """A guest that keeps printing is waited for; one that stops printing is a stall, raised
+    long before the wait's own timeout (boot_cycle retries such a first boot)."""
+    qemu = _fake_qemu(
+        tmp_path, 'for i in 1 2 3 4 5 6; do echo "line $i"; sleep 0.3; done; exec sleep 600'
+    )
+    vm = QemuVM(QemuConfig(qemu=qemu), tmp_path / "w", exclusive=False)
+    started = time.monotonic()
+    with pytest.raises(GuestStalledError, match="printed nothing for 1s"), vm:
+        assert vm.wait_for("line 6", 10, silence=1.0) is not None  # 1.8 s, never 1 s silent
+        vm.wait_for("never", 60, silence=1.0)
+    assert time.monotonic() - started < 10
+    assert vm.pid is not None and _gone(vm.pid)
