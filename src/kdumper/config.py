@@ -28,7 +28,7 @@ Example (every key, with its default)::
     level = 31                  # makedumpfile -d: 1 zero, 2 cache, 4 cache+private, 8 user, 16 free
     codec = "zlib"              # none | zlib | lzo | snappy | zstd
     format = "kdump"            # kdump | elf | flat (raw and ssh targets always write flat)
-    threads = 0                 # compression threads; 0 = one per CPU of the capture kernel
+    threads = 0                 # compression workers; 0 = one per CPU of the capture kernel
     dmesg = true                # save the kernel log first
 
     [retention]

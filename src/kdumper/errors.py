@@ -42,6 +42,18 @@ class KdumperError(Exception):
             text = msg or self.template
         super().__init__(text)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt without calling __init__ (subclasses take other arguments), so an error raised
+        # in a compression worker process reaches the parent with its class, text and fields
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[KdumperError], args: tuple[Any, ...], state: dict[str, Any]) -> KdumperError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
 
 class UsageError(KdumperError):
     """The command line or an argument is wrong."""

@@ -108,8 +108,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--threads",
         type=int,
         metavar="N",
-        help="compression threads (default: one per CPU; one for lzo, whose calls are too short "
-        "to gain from threads)",
+        help="compression worker processes (default: one per CPU; 0 or 1: compress in this "
+        "process, the default for -c none)",
     )
     p.add_argument("--split", type=int, metavar="N", help="write N kdump-compressed parts")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")

@@ -5,9 +5,10 @@ stored form of every page (see :class:`Encoded`) in makedumpfile's rules: a zero
 (when zero pages are excluded), a page whose compressed form is not smaller is stored raw. The
 bytes are those of :mod:`kdumper.codecs` (checked in tests/test_pipeline.py).
 
-It runs in worker threads and keeps the per-page Python work to one library call: zero pages are
-found with numpy for the whole batch, and the two codecs whose per-call cost matters call their C
-library through ctypes with raw buffer addresses into one output buffer per thread:
+It runs in the collector's worker processes (or its one thread) and keeps the per-page Python
+work to one library call: zero pages are found with numpy for the whole batch, and the two codecs
+whose per-call cost matters call their C library through ctypes with raw buffer addresses, into
+the caller's buffer (a worker's shared-memory slot) or one output buffer per thread:
 
 * LZO: liblzo2's ``lzo1x_1_compress`` (the call overhead of the codec object doubled the time of
   this fast codec);
@@ -78,12 +79,14 @@ class _Lzo:
             ctypes.addressof(st.wrk)  # fmt: skip
 
     def encode(
-        self, data: bytes, count: int, page_size: int, keep: Iterable[int], flag: int
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], bytes]:
-        bound = page_size + page_size // 16 + 64 + 3  # makedumpfile calculate_len_buf_out
-        _out, out_addr, n, n_addr, wrk = self._buffers(count * max(bound, page_size))
-        src = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
-        assert src is not None
+        self, src: int, count: int, page_size: int, keep: Iterable[int], flag: int,
+        out: int | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], bytes | int]:  # fmt: skip
+        """Sizes, flags and the payloads of the ``count`` pages at address ``src`` (the payloads'
+        length when they were written at address ``out``)."""
+        _out, out_addr, n, n_addr, wrk = self._buffers(count * stored_bound(page_size))
+        if out is not None:
+            out_addr = out
         fn, memmove = self._fn, ctypes.memmove
         sizes = [0] * count
         pos = 0
@@ -99,7 +102,18 @@ class _Lzo:
                 size = page_size
             sizes[i] = size
             pos += size
-        return (*_sizes_flags(sizes, page_size, flag), ctypes.string_at(out_addr, pos))
+        return (*_sizes_flags(sizes, page_size, flag), _payload(out, out_addr, pos))
+
+
+def stored_bound(page_size: int) -> int:
+    """Bytes the native compressors may write for one page before it is stored raw (LZO's
+    worst case, makedumpfile ``calculate_len_buf_out``; deflateBound of a page is smaller)."""
+    return page_size + page_size // 16 + 64 + 3
+
+
+def _payload(out: int | None, addr: int, length: int) -> bytes | int:
+    """The payloads as bytes, or only their length when they went to the caller's buffer."""
+    return length if out is not None else ctypes.string_at(addr, length)
 
 
 def _sizes_flags(
@@ -185,11 +199,13 @@ class _Zlib:
         return st.stream.stream, st.ptr, st.bound, ctypes.addressof(st.out)
 
     def encode(
-        self, data: bytes, count: int, page_size: int, keep: Iterable[int], flag: int
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], bytes]:
+        self, src: int, count: int, page_size: int, keep: Iterable[int], flag: int,
+        out: int | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], bytes | int]:  # fmt: skip
+        """As :meth:`_Lzo.encode`."""
         stream, ptr, bound, out_addr = self._stream(page_size, count)
-        src = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
-        assert src is not None
+        if out is not None:
+            out_addr = out
         deflate, reset, memmove = self._lib.deflate, self._lib.deflateReset, ctypes.memmove
         sizes = [0] * count
         pos = 0
@@ -209,7 +225,7 @@ class _Zlib:
                 size = page_size
             sizes[i] = size
             pos += size
-        return (*_sizes_flags(sizes, page_size, flag), ctypes.string_at(out_addr, pos))
+        return (*_sizes_flags(sizes, page_size, flag), _payload(out, out_addr, pos))
 
 
 _LIBS: dict[str, Any] = {}
@@ -252,11 +268,18 @@ class BatchEncoder:
         elif codec.name == "zlib" and _zlib_matches():
             self._native = _native("zlib")
 
-    def encode(self, data: bytes, lost: Bools | None = None) -> Encoded:
+    def slot_bytes(self, count: int) -> int:
+        """Room that :meth:`encode` needs in ``out`` for a batch of ``count`` pages."""
+        return count * max(stored_bound(self.page_size), self.page_size)
+
+    def encode(
+        self, data: bytes | memoryview, lost: Bools | None = None, out: memoryview | None = None
+    ) -> Encoded:
         """The stored form of the pages in ``data`` (a multiple of the page size).
 
         ``lost``: pages the source did not have; they get no payload (size 0) and are neither
-        zero nor stored.
+        zero nor stored. ``out``: a writable buffer of :meth:`slot_bytes` bytes to put the
+        payloads in (``Encoded.data`` is then a view of it), instead of new bytes.
         """
         ps = self.page_size
         count = len(data) // ps
@@ -275,31 +298,53 @@ class BatchEncoder:
         omit = zero if lost is None else (lost if zero is None else zero | lost)
         flag = self.codec.flag
         if flag == 0:  # no compression: the stored pages as they are
-            if omit is None:
-                return Encoded(np.full(count, ps, np.int64), np.zeros(count, np.uint32), data,
-                               None, 0)  # fmt: skip
-            pages = np.frombuffer(data, np.uint8).reshape(count, ps)[~omit]
+            if omit is None:  # (a copy: ``data`` may be a buffer the caller reuses)
+                payload = _put(out, data) if out is not None else bytes(data)
+                sizes = np.full(count, ps, np.int64)
+                return Encoded(sizes, np.zeros(count, np.uint32), payload, None, 0)
+            pages = np.frombuffer(data, np.uint8).reshape(count, ps)[~omit]  # a copy
             stored = np.where(omit, 0, ps).astype(np.int64)
-            return Encoded(stored, np.zeros(count, np.uint32), pages.tobytes(), zero, zero_count)
-        if not isinstance(data, bytes):
-            data = bytes(data)
+            payload = pages.tobytes() if out is None else _put(out, pages.data.cast("B"))
+            return Encoded(stored, np.zeros(count, np.uint32), payload, zero, zero_count)
         keep = range(count) if omit is None else np.flatnonzero(~omit).tolist()
         if self._native is not None:
-            sizes_a, flags_a, blob = self._native.encode(data, count, ps, keep, flag)
+            addr = None if out is None else _address(out)
+            src = int(np.frombuffer(data, np.uint8).ctypes.data)  # bytes or a reused buffer
+            sizes_a, flags_a, blob = self._native.encode(src, count, ps, keep, flag, addr)
+            if isinstance(blob, int):
+                assert out is not None
+                return Encoded(sizes_a, flags_a, out[:blob], zero, zero_count)
             return Encoded(sizes_a, flags_a, blob, zero, zero_count)
         view = memoryview(data)
         compress = self.codec.compress
         parts: list[bytes | memoryview] = []
         append = parts.append
-        sizes = [0] * count
+        stored_sizes = [0] * count
         for i in keep:
             page = view[i * ps : (i + 1) * ps]
             c = compress(page)
             if len(c) < ps:
                 append(c)
-                sizes[i] = len(c)
+                stored_sizes[i] = len(c)
             else:
                 append(page)
-                sizes[i] = ps
-        sizes_a, flags_a = _sizes_flags(sizes, ps, flag)
-        return Encoded(sizes_a, flags_a, b"".join(parts), zero, zero_count)
+                stored_sizes[i] = ps
+        sizes_a, flags_a = _sizes_flags(stored_sizes, ps, flag)
+        if out is None:
+            return Encoded(sizes_a, flags_a, b"".join(parts), zero, zero_count)
+        pos = 0
+        for part in parts:
+            out[pos : pos + len(part)] = part
+            pos += len(part)
+        return Encoded(sizes_a, flags_a, out[:pos], zero, zero_count)
+
+
+def _put(out: memoryview, data: bytes | memoryview) -> memoryview:
+    """A view of the copy of ``data`` at the start of ``out``."""
+    out[: len(data)] = data
+    return out[: len(data)]
+
+
+def _address(buf: memoryview) -> int:
+    """The address of a writable buffer, for the C libraries."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))

@@ -1,4 +1,4 @@
-"""The capture pipeline: classify pages, read the kept ones, compress them in threads, write.
+"""The capture pipeline: classify pages, read the kept ones, compress them on every CPU, write.
 
 Two passes over the dump, both in fixed-size windows so memory does not grow with the crashed
 machine's RAM (beyond pfn bitmaps of one bit per page: 32 MiB per TiB):
@@ -7,10 +7,11 @@ machine's RAM (beyond pfn bitmaps of one bit per page: 32 MiB per TiB):
    clears the pages the dump level excludes from a bitmap. The bitmap must be whole before the
    kdump-compressed header is written (it holds both bitmaps and sizes the descriptor table), so
    this pass comes first, as makedumpfile's ``get_num_dumpable_cyclic()`` does.
-2. :func:`save` reads the kept pages in batches of consecutive pfns, finds zero pages with numpy
-   and compresses the rest in a thread pool (zlib, zstd, liblzo2 and cramjam release the GIL),
-   a batch per task, with a bounded number of batches in flight; the main thread hands the
-   results to the writer strictly in pfn order.
+2. :func:`save` cuts the kept pages into batches of consecutive pfns. Each batch is read into a
+   reused buffer, its zero pages found with numpy and the rest compressed; with more than one
+   CPU, forked worker processes do that (:mod:`kdumper.collect.workers`: no GIL, payloads in
+   shared memory), a bounded number of batches in flight, and the parent hands the results to
+   the writer strictly in pfn order.
 
 :func:`mem_usage` is ``makedumpfile --mem-usage``: the same classification, counted per class
 and per dump level, with zero pages found from the page contents.
@@ -24,9 +25,7 @@ import contextlib
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
@@ -46,6 +45,7 @@ from ..kernel.pages import (
     PageClass,
 )
 from .encode import BatchEncoder, Encoded, zero_flags
+from .workers import EncodeWorkers, can_fork
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ FORMATS = ("kdump", "elf", "flat")
 MAX_DUMP_LEVEL = 31
 # Pages per compression task: 256 pages = 1 MiB. Measured on 2 idle cores, 6.1 busy vmcore,
 # -d 1, 2 threads (save only): lzo 64/256/1024 pages: 0.59/0.42/0.49 s; zlib 2.76/2.70/2.85 s
-# (1024-page batches fall out of the L2 cache, small ones pay the per-task overhead).
+# (1024-page batches fall out of the L2 cache, small ones pay the per-task overhead); with two
+# worker processes, -d 31 lzo: 128/256/512 pages 0.100/0.096/0.105 s.
 BATCH_PAGES = 256
 # pfn space per bitmap chunk handed out by the writer (1 bit -> one int64 pfn: 2 MiB of pfns)
 PFN_CHUNK = 1 << 18
@@ -62,15 +63,15 @@ ProgressFn = Callable[[str, int, int], None]
 """``progress(phase, done, total)``: phase "filter" counts pfns, "write" counts pages."""
 
 
-#: Codecs whose per-page C call (about 1 us) is shorter than handing the GIL to another thread:
-#: compressing them in several threads is slower than in one (measured on a busy 4 GiB 6.1
-#: vmcore, -d 1: lzo 1.94 s with one thread, 2.21-2.31 s with two).
-SINGLE_THREAD_CODECS = frozenset({"none", "lzo"})
+#: Codecs that run in this process by default: without compression a batch is a copy, and
+#: handing it to a worker costs as much as doing it (busy 6.1 vmcore, -d 31, save only: 1 GiB
+#: 0.068 s in-process, 0.075 s with two workers; 4 GiB 0.148 / 0.144 s).
+SINGLE_THREAD_CODECS = frozenset({"none"})
 
 
 def default_threads(codec: str = "zlib") -> int:
-    """Compression threads by default: the CPUs this process may run on (one for the codecs
-    that do not gain from threads, :data:`SINGLE_THREAD_CODECS`)."""
+    """Compression workers by default: the CPUs this process may run on (one, i.e. in-process,
+    for the codecs that do not gain from workers, :data:`SINGLE_THREAD_CODECS`)."""
     if codec in SINGLE_THREAD_CODECS:
         return 1
     try:
@@ -242,6 +243,28 @@ class PageReader:
             index += count
         return (parts[0] if len(parts) == 1 else b"".join(parts)), lost
 
+    def read_into(
+        self, pieces: Sequence[tuple[int, int]], buffer: bytearray
+    ) -> tuple[memoryview, list[int]]:
+        """As :meth:`read`, into ``buffer`` (which the caller reuses for every batch): the pages
+        are copied once, from the source into it, and no memory is allocated per batch."""
+        ps = self.page_size
+        view = memoryview(buffer)
+        into = getattr(self.dump, "read_pages_into", None)
+        lost: list[int] = []
+        index = 0
+        for pfn, count in pieces:
+            part = view[index * ps : (index + count) * ps]
+            done = False
+            if into is not None:
+                with contextlib.suppress(PageNotPresentError):
+                    into(pfn, count, part)
+                    done = True
+            if not done:
+                part[:] = self._one_by_one(pfn, count, index, lost)
+            index += count
+        return view[: index * ps], lost
+
     def _one_by_one(self, pfn: int, count: int, index: int, lost: list[int]) -> bytes:
         out: list[bytes] = []
         for i in range(count):
@@ -257,7 +280,8 @@ class PageReader:
 
 
 class _Engine:
-    """Reads batches in the main thread, encodes them in a pool, writes them in pfn order."""
+    """Feeds a writer the kept pages in pfn order, encoded in this process or in worker
+    processes (:mod:`kdumper.collect.workers`) when more than one is asked for."""
 
     def __init__(
         self,
@@ -272,7 +296,7 @@ class _Engine:
     ) -> None:
         self.dump = dump
         self.encoder = BatchEncoder(codec, dump.page_size, exclude_zero)
-        self.threads = threads
+        self.threads = threads if can_fork() else 1
         self.batch_pages = batch_pages
         self.progress = progress
         self.total_pages = total_pages
@@ -281,53 +305,69 @@ class _Engine:
         self.zero_pages = 0
         self.lost_pages = 0
         self.bytes_in = 0
-        self._pool: ThreadPoolExecutor | None = (
-            ThreadPoolExecutor(threads, thread_name_prefix="kdumper-compress")
-            if threads > 1
-            else None
-        )
+        self._workers: EncodeWorkers | None = None
+        self._buffer = bytearray(batch_pages * dump.page_size)  # the batch being read
+
+    def _read(self, pieces: Sequence[tuple[int, int]]) -> tuple[memoryview, list[int]]:
+        return self.reader.read_into(pieces, self._buffer)
 
     def close(self) -> None:
-        """Stop the workers (pending tasks are cancelled)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop the workers (batches in flight are dropped)."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+
+    def _account(self, enc: Encoded, lost: npt.NDArray[np.bool_] | None, bytes_in: int) -> None:
+        self.bytes_in += bytes_in
+        self.zero_pages += enc.zero_count
+        if lost is not None:
+            self.lost_pages += int(np.count_nonzero(lost))
+        self.done += int(enc.sizes.size)
+        if self.progress is not None:
+            self.progress("write", self.done, self.total_pages)
 
     def write(self, writer: Any) -> None:
         """Feed every page ``writer.pfn_chunks()`` asks for, in order (a ``KdumpWriter``)."""
-        pending: deque[tuple[Future[Encoded] | Encoded, npt.NDArray[np.bool_] | None]]
-        pending = deque()
-        limit = 2 * self.threads + 1  # batches in flight: memory stays bounded
-        encode = self.encoder.encode
-        add = writer.add_encoded_batch
-
-        def drain_one() -> None:
-            item, lost = pending.popleft()
-            enc = item.result() if isinstance(item, Future) else item
-            add(enc.sizes, enc.flags, enc.data, enc.zero, lost)
-            self.zero_pages += enc.zero_count
-            count = int(enc.sizes.size)
-            self.done += count
-            if self.progress is not None:
-                self.progress("write", self.done, self.total_pages)
-
-        for pieces in _batches(writer.pfn_chunks(PFN_CHUNK), self.batch_pages):
-            data, lost_at = self.reader.read(pieces)
-            self.bytes_in += len(data)
+        batches = _batches(writer.pfn_chunks(PFN_CHUNK), self.batch_pages)
+        if self.threads > 1:
+            self._write_parallel(writer, batches)
+            return
+        for pieces in batches:
+            data, lost_at = self._read(pieces)
             lost = None
             if lost_at:
                 lost = np.zeros(len(data) // self.dump.page_size, np.bool_)
                 lost[lost_at] = True
-                self.lost_pages += len(lost_at)
-            if self._pool is None:
-                pending.append((encode(data, lost), lost))
-                drain_one()
-                continue
-            pending.append((self._pool.submit(encode, data, lost), lost))
-            if len(pending) >= limit:
-                drain_one()
-        while pending:
-            drain_one()
+            enc = self.encoder.encode(data, lost)
+            writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
+            self._account(enc, lost, len(data))
+
+    def _write_parallel(self, writer: Any, batches: Iterator[list[tuple[int, int]]]) -> None:
+        if self._workers is None:  # forked once, after the filter pass; reused by split parts
+            self._workers = EncodeWorkers(
+                self._read, self.encoder, workers=self.threads, batch_pages=self.batch_pages
+            )
+        workers = self._workers
+        held: set[int] = set()  # slots whose payload the writer still holds unwritten
+
+        def collect_one() -> None:
+            enc, lost, bytes_in, slot = workers.result()
+            writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
+            if writer.buffered:
+                held.add(slot)
+            else:
+                held.clear()
+            self._account(enc, lost, bytes_in)
+
+        for pieces in batches:
+            if workers.in_flight >= workers.slots:
+                collect_one()
+            if workers.next_slot in held:
+                writer.flush()
+                held.clear()
+            workers.submit(pieces)
+        while workers.in_flight:
+            collect_one()
 
 
 @dataclass
@@ -337,7 +377,7 @@ class SaveOptions:
     dump_level: int = 31
     codec: str = "zlib"
     format: str = "kdump"  # "kdump", "elf" or "flat"
-    threads: int | None = None  # compression threads (None: one per CPU; 0 or 1: none)
+    threads: int | None = None  # compression worker processes (None: one per CPU; 0, 1: none)
     split: int = 0  # kdump only: write this many parts (paths from split_paths)
     batch_pages: int = BATCH_PAGES
     overwrite: bool = False

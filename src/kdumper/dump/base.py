@@ -134,6 +134,10 @@ class Dump(ABC):
         """``count`` consecutive pages from ``pfn`` on (formats override this with bulk reads)."""
         return b"".join(self.read_pfn(p) for p in range(pfn, pfn + count))
 
+    def read_pages_into(self, pfn: int, count: int, out: memoryview) -> None:
+        """Fill ``out`` (``count`` pages) with the pages from ``pfn`` on; as :meth:`read_pages`."""
+        out[:] = self.read_pages(pfn, count)
+
     def read_phys(self, addr: int, size: int) -> bytes:
         """``size`` bytes of physical memory at ``addr`` (may span pages)."""
         if size <= 0:

@@ -1043,6 +1043,15 @@ class KdumpWriter:
         arr["flags"] = self._flags
         return arr
 
+    @property
+    def buffered(self) -> bool:
+        """Whether page data handed to :meth:`add_encoded_batch` is held, not yet written."""
+        return bool(self._data)
+
+    def flush(self) -> None:
+        """Write what is buffered now (so the caller may reuse the buffers it handed in)."""
+        self._flush()
+
     def _flush(self) -> None:
         if not self._offsets:
             return

@@ -497,6 +497,16 @@ class ElfDump(Dump):
             return self.source.pread(self._l_offset[i] + addr - self._l_start[i], end - addr)
         return b"".join(self.read_pfn(p) for p in range(pfn, pfn + count))
 
+    def read_pages_into(self, pfn: int, count: int, out: memoryview) -> None:
+        """As :meth:`read_pages`, into ``out``: one copy when one segment holds them all."""
+        ps = self.page_size
+        addr, end = pfn * ps, (pfn + count) * ps
+        i = bisect_right(self._l_start, addr) - 1
+        if i >= 0 and end <= self._l_have_end[i]:
+            self.source.pread_into(self._l_offset[i] + addr - self._l_start[i], out)
+        else:
+            out[:] = self.read_pages(pfn, count)
+
     def vaddr_regions(self) -> list[tuple[int, int, int | None]]:
         """``(start_pfn, end_pfn, vaddr - paddr or None)`` per RAM segment, ascending."""
         ps = self.page_size

@@ -29,6 +29,10 @@ class ByteSource(ABC):
     def pread(self, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes at ``offset``; ``TruncatedDumpError`` if they are not there."""
 
+    def pread_into(self, offset: int, out: memoryview) -> None:
+        """Fill ``out`` with the bytes at ``offset`` (sources that can override the copy)."""
+        out[:] = self.pread(offset, len(out))
+
     def pread_upto(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` (fewer at the end of the source)."""
         length = max(0, min(length, self.size - offset))
@@ -89,6 +93,25 @@ class FileSource(ByteSource):
         if len(data) != length:
             raise TruncatedDumpError(f"short read at offset {offset:#x}", path=self.path)
         return data
+
+    def pread_into(self, offset: int, out: memoryview) -> None:
+        """Fill ``out`` with the bytes at ``offset``: one copy, no new buffer."""
+        length = len(out)
+        self.check_range(offset, length, "data")
+        if self._map is not None:
+            out[:] = memoryview(self._map)[offset : offset + length]
+            return
+        done = 0
+        while done < length:
+            try:
+                n = os.preadv(self._fd, [out[done:]], offset + done)
+            except OSError as e:
+                raise DumpIOError(
+                    f"read error at offset {offset + done:#x}: {e.strerror}", path=self.path
+                ) from None
+            if n <= 0:
+                raise TruncatedDumpError(f"short read at offset {offset:#x}", path=self.path)
+            done += n
 
     def view(self, offset: int, length: int) -> memoryview:
         """A zero-copy view when the file is mapped, else a copy."""

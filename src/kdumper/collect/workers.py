@@ -1,0 +1,296 @@
+"""Compression in worker processes: every CPU compresses, none waits for the GIL.
+
+Threads give the slow codec (zlib, ~40 us a page) a second CPU, but not the fast ones: an LZO
+page takes about 4 us in C and the GIL hand-off around each ctypes call costs as much, so two
+threads were slower than one (pipeline.SINGLE_THREAD_CODECS). Processes have no GIL to share.
+After the filter pass the collector forks ``workers`` processes; each inherits the open dump.
+
+Each worker owns ``depth`` slots of one shared anonymous mapping. For a batch, the parent sends
+its pieces (runs of pfns) down that worker's task pipe; the worker reads the pages from its copy
+of the dump, finds zero pages, compresses the rest straight into the slot and answers on its
+result pipe with the per-page sizes, flags and zero/lost marks (the payload stays in the slot,
+where the parent's writer reads it: no copy through a pipe). Batches go to the workers in turn
+(batch ``i`` to worker ``i % workers``, slot ``i % (workers * depth)``), so the parent reads the
+results back in batch order. A slot is given a new batch only after the writer has written what
+it took from it (:meth:`EncodeWorkers.next_slot`: the caller flushes the writer first).
+
+Memory: ``workers * depth`` slots of a batch each (a few MiB), whatever the dump's size. An error
+in a worker (a read error of the dump, say) is sent back and raised in the parent as it was
+raised; a worker that dies is an error naming its pid and signal. Workers end when their task
+pipe closes (:meth:`EncodeWorkers.close`, or the parent's death) and never print: they leave with
+``os._exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import mmap
+import os
+import pickle
+import signal
+import struct
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import KdumperError
+from .encode import BatchEncoder, Encoded
+
+ReadFn = Callable[[Sequence[tuple[int, int]]], tuple[bytes | memoryview, list[int]]]
+"""``read(pieces) -> (pages back to back, batch indexes of pages the source lost)``."""
+
+_TASK = struct.Struct("<ii")  # slot (-1: stop), number of pieces; then pieces as int64 pairs
+_RESULT = struct.Struct("<iiqqiii")  # slot, status, payload bytes, bytes read, pages, zero, lost
+_OK, _FAILED = 0, 1
+_PR_SET_PDEATHSIG = 1
+
+Lost = npt.NDArray[np.bool_]
+
+
+class WorkerError(KdumperError):
+    """A compression worker process died or could not be started."""
+
+
+def can_fork() -> bool:
+    """Whether this platform has ``fork`` (worker processes need it)."""
+    return hasattr(os, "fork")
+
+
+class EncodeWorkers:
+    """``workers`` forked processes that read and encode batches; results come back in order."""
+
+    def __init__(
+        self, read: ReadFn, encoder: BatchEncoder, *, workers: int, batch_pages: int,
+        depth: int = 2,
+    ) -> None:  # fmt: skip
+        if workers < 1 or depth < 1:
+            raise ValueError("workers and depth must be at least 1")
+        self.workers = workers
+        self.depth = depth
+        self.slots = workers * depth
+        self.page_size = encoder.page_size
+        self.slot_bytes = encoder.slot_bytes(batch_pages)
+        self._map = mmap.mmap(-1, self.slots * self.slot_bytes, flags=mmap.MAP_SHARED)
+        self._view = memoryview(self._map)
+        self._submitted = 0
+        self._received = 0
+        self._procs: list[tuple[int, int, int]] = []  # pid, task pipe (write), result pipe (read)
+        try:
+            for _ in range(workers):
+                self._start(read, encoder)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, read: ReadFn, encoder: BatchEncoder) -> None:
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            for fd in (task_r, task_w, result_r, result_w):
+                os.close(fd)
+            raise WorkerError(f"cannot start a compression worker: {e.strerror}") from None
+        if pid == 0:  # the worker: never returns
+            code = 1
+            try:
+                # the parent's ends of every pipe: a worker holding them would keep the others
+                # (and itself) from seeing the end of their task streams
+                for _pid, w, r in self._procs:
+                    os.close(w)
+                    os.close(r)
+                os.close(task_w)
+                os.close(result_r)
+                _serve(read, encoder, task_r, result_w, self._view, self.slot_bytes)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(task_r)
+        os.close(result_w)
+        self._procs.append((pid, task_w, result_r))
+
+    @property
+    def pids(self) -> list[int]:
+        """The workers' process ids (until :meth:`close`)."""
+        return [pid for pid, _w, _r in self._procs]
+
+    @property
+    def in_flight(self) -> int:
+        """Batches submitted and not yet collected."""
+        return self._submitted - self._received
+
+    @property
+    def next_slot(self) -> int:
+        """The slot the next :meth:`submit` fills (its previous payload must be written by then)."""
+        return self._submitted % self.slots
+
+    def submit(self, pieces: Sequence[tuple[int, int]]) -> None:
+        """Send the next batch to its worker (at most ``slots`` batches in flight)."""
+        if self.in_flight >= self.slots:
+            raise RuntimeError("every slot is in use: collect a result first")
+        slot = self.next_slot
+        _pid, task_w, _r = self._procs[self._submitted % self.workers]
+        body = np.asarray(pieces, dtype=np.int64).tobytes()
+        self._write(task_w, _TASK.pack(slot, len(pieces)) + body, self._submitted)
+        self._submitted += 1
+
+    def result(self) -> tuple[Encoded, Lost | None, int, int]:
+        """The next batch in order: its encoding (payload in the slot), lost pages, bytes read
+        from the dump, and its slot. Raises what the worker raised."""
+        if not self.in_flight:
+            raise RuntimeError("no batch in flight")
+        index = self._received
+        _pid, _w, result_r = self._procs[index % self.workers]
+        head = self._read(result_r, _RESULT.size, index)
+        slot, status, length, bytes_in, count, zero_count, lost_count = _RESULT.unpack(head)
+        self._received += 1
+        if status != _OK:
+            raise pickle.loads(self._read(result_r, length, index))
+        sizes = np.frombuffer(self._read(result_r, 8 * count, index), np.int64)
+        flags = np.frombuffer(self._read(result_r, 4 * count, index), np.uint32)
+        zero = None
+        if zero_count:
+            zero = np.frombuffer(self._read(result_r, count, index), np.bool_)
+        lost = None
+        if lost_count:
+            at = np.frombuffer(self._read(result_r, 4 * lost_count, index), np.int32)
+            lost = np.zeros(count, np.bool_)
+            lost[at] = True
+        start = slot * self.slot_bytes
+        data = self._view[start : start + length]
+        return Encoded(sizes, flags, data, zero, zero_count), lost, bytes_in, slot
+
+    def _write(self, fd: int, data: bytes, index: int) -> None:
+        try:
+            _write_all(fd, data)
+        except OSError:
+            raise self._died(index) from None
+
+    def _read(self, fd: int, length: int, index: int) -> bytes:
+        data = _read_exact(fd, length)
+        if data is None:
+            raise self._died(index)
+        return data
+
+    def _died(self, index: int) -> WorkerError:
+        pid = self._procs[index % self.workers][0]
+        how = "ended"
+        with contextlib.suppress(ChildProcessError):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done and os.WIFSIGNALED(status):
+                how = f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+            elif done:
+                how = f"exited with status {os.WEXITSTATUS(status)}"
+        return WorkerError(f"compression worker {pid} {how} in the middle of the dump")
+
+    def close(self) -> None:
+        """Stop the workers and wait for them; what they were doing is dropped."""
+        procs, self._procs = self._procs, []
+        for _pid, task_w, result_r in procs:
+            with contextlib.suppress(OSError):
+                os.close(task_w)  # the worker sees the end of its tasks
+            with contextlib.suppress(OSError):
+                os.close(result_r)  # a worker still answering gets EPIPE instead of blocking
+        for pid, _w, _r in procs:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self._view.release()
+        with contextlib.suppress(BufferError):
+            self._map.close()
+
+    def __enter__(self) -> EncodeWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _serve(
+    read: ReadFn, encoder: BatchEncoder, task_r: int, result_w: int, shared: memoryview,
+    slot_bytes: int,
+) -> None:  # fmt: skip
+    """A worker's life: read tasks until the pipe ends, answer each one."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the parent
+        if os.getppid() == 1:  # the parent died before that
+            return
+    while True:
+        head = _read_exact(task_r, _TASK.size)
+        if head is None:
+            return
+        slot, npieces = _TASK.unpack(head)
+        if slot < 0:
+            return
+        body = _read_exact(task_r, 16 * npieces) or b""
+        pairs = np.frombuffer(body, np.int64).reshape(-1, 2).tolist()
+        try:
+            answer = _encode_one(read, encoder, pairs, shared, slot, slot_bytes)
+        except Exception as e:  # sent to the parent, which raises it
+            answer = _failure(slot, e)
+        try:
+            _write_all(result_w, answer)
+        except OSError:  # the parent is gone or closed the pipe
+            return
+
+
+def _encode_one(
+    read: ReadFn, encoder: BatchEncoder, pieces: list[list[int]], shared: memoryview, slot: int,
+    slot_bytes: int,
+) -> bytes:  # fmt: skip
+    data, lost_at = read([(p, n) for p, n in pieces])
+    count = len(data) // encoder.page_size
+    lost = None
+    if lost_at:
+        lost = np.zeros(count, np.bool_)
+        lost[lost_at] = True
+    out = shared[slot * slot_bytes : (slot + 1) * slot_bytes]
+    enc = encoder.encode(data, lost, out)
+    payload = enc.data
+    if not isinstance(payload, memoryview) or payload.obj is not shared.obj:
+        out[: len(payload)] = payload  # an all-zero batch: b""
+    parts = [
+        _RESULT.pack(slot, _OK, len(payload), len(data), count, enc.zero_count, len(lost_at)),
+        enc.sizes.astype(np.int64, copy=False).tobytes(),
+        enc.flags.astype(np.uint32, copy=False).tobytes(),
+    ]
+    if enc.zero_count:
+        assert enc.zero is not None
+        parts.append(enc.zero.astype(np.bool_, copy=False).tobytes())
+    if lost_at:
+        parts.append(np.asarray(lost_at, np.int32).tobytes())
+    return b"".join(parts)
+
+
+def _failure(slot: int, err: Exception) -> bytes:
+    try:
+        blob = pickle.dumps(err)
+        pickle.loads(blob)
+    except Exception:  # an exception that does not survive pickling: keep its text
+        blob = pickle.dumps(WorkerError(f"compression worker failed: {type(err).__name__}: {err}"))
+    return _RESULT.pack(slot, _FAILED, len(blob), 0, 0, 0, 0) + blob
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_exact(fd: int, length: int) -> bytes | None:
+    """``length`` bytes from a pipe, or None at its end (the other side closed or died)."""
+    chunks: list[bytes] = []
+    need = length
+    while need:
+        try:
+            chunk = os.read(fd, need)
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        need -= len(chunk)
+    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
