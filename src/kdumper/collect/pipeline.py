@@ -153,7 +153,10 @@ def build_filter(
                 lo = feats.start
                 keep = pages.window(lo, lo + feats.size)
                 # a page the source lacks was not counted by makedumpfile either
-                _count_classes(cls[: keep.size] * keep, excluded)
+                if feats.all_free:  # one class: count it without a histogram
+                    excluded["free"] += int(np.count_nonzero(keep & drop[: keep.size]))
+                else:
+                    _count_classes(cls[: keep.size] * keep, excluded)
                 pages.store_window(lo, keep & ~drop[: keep.size])
             if progress is not None:
                 progress("filter", min(feats.start + feats.size, n), n)

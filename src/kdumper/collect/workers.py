@@ -30,6 +30,7 @@ import os
 import pickle
 import signal
 import struct
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -177,8 +178,14 @@ class EncodeWorkers:
     def _died(self, index: int) -> WorkerError:
         pid = self._procs[index % self.workers][0]
         how = "ended"
+        # its pipes close before it is a zombie: give it a moment to become one
+        deadline = time.monotonic() + 2
         with contextlib.suppress(ChildProcessError):
-            done, status = os.waitpid(pid, os.WNOHANG)
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done or time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
             if done and os.WIFSIGNALED(status):
                 how = f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
             elif done:

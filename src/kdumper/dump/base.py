@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from ..errors import PageNotPresentError
+from ..errors import KdumperError, PageNotPresentError
 from .arch import Arch
 from .bitmap import Bitmap
 from .notes import Note, PrStatus, find_vmcoreinfo_note, parse_prstatus
@@ -133,6 +133,16 @@ class Dump(ABC):
     def read_pages(self, pfn: int, count: int) -> bytes:
         """``count`` consecutive pages from ``pfn`` on (formats override this with bulk reads)."""
         return b"".join(self.read_pfn(p) for p in range(pfn, pfn + count))
+
+    def read_phys_many(self, addrs: list[int], size: int) -> list[bytes | None]:
+        """``size`` bytes at each physical address; None where they cannot be read."""
+        out: list[bytes | None] = []
+        for addr in addrs:
+            try:
+                out.append(self.read_phys(addr, size))
+            except KdumperError:
+                out.append(None)
+        return out
 
     def read_pages_into(self, pfn: int, count: int, out: memoryview) -> None:
         """Fill ``out`` (``count`` pages) with the pages from ``pfn`` on; as :meth:`read_pages`."""

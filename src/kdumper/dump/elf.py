@@ -497,6 +497,27 @@ class ElfDump(Dump):
             return self.source.pread(self._l_offset[i] + addr - self._l_start[i], end - addr)
         return b"".join(self.read_pfn(p) for p in range(pfn, pfn + count))
 
+    def read_phys_many(self, addrs: list[int], size: int) -> list[bytes | None]:
+        """As :meth:`Dump.read_phys_many`: the reads that lie inside one segment's file data
+        (nearly all) located at once and read in one tight loop; the others one by one."""
+        a = np.asarray(addrs, np.int64)
+        seg = np.searchsorted(self._start, a, side="right") - 1
+        segc = np.maximum(seg, 0)
+        inside = (seg >= 0) & (a + size <= self._have_end[segc])
+        out: list[bytes | None] = [None] * len(addrs)
+        where = np.flatnonzero(inside)
+        try:
+            offsets = (self._offset[segc[where]] + a[where] - self._start[segc[where]]).tolist()
+            for i, data in zip(where.tolist(), self.source.pread_many(offsets, size), strict=True):
+                out[i] = data
+            rest = np.flatnonzero(~inside).tolist()
+        except KdumperError:  # a read error among them: find out which, one by one
+            rest = list(range(len(addrs)))
+        for i in rest:
+            with contextlib.suppress(KdumperError):
+                out[i] = self.read_phys(addrs[i], size)
+        return out
+
     def read_pages_into(self, pfn: int, count: int, out: memoryview) -> None:
         """As :meth:`read_pages`, into ``out``: one copy when one segment holds them all."""
         ps = self.page_size

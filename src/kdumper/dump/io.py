@@ -33,6 +33,10 @@ class ByteSource(ABC):
         """Fill ``out`` with the bytes at ``offset`` (sources that can override the copy)."""
         out[:] = self.pread(offset, len(out))
 
+    def pread_many(self, offsets: list[int], length: int) -> list[bytes]:
+        """``length`` bytes at each offset (sources override the loop to make it cheap)."""
+        return [self.pread(offset, length) for offset in offsets]
+
     def pread_upto(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` (fewer at the end of the source)."""
         length = max(0, min(length, self.size - offset))
@@ -112,6 +116,23 @@ class FileSource(ByteSource):
             if n <= 0:
                 raise TruncatedDumpError(f"short read at offset {offset:#x}", path=self.path)
             done += n
+
+    def pread_many(self, offsets: list[int], length: int) -> list[bytes]:
+        """``length`` bytes at each offset: one system call each, no per-read checks."""
+        if not offsets:
+            return []
+        self.check_range(min(offsets), max(offsets) - min(offsets) + length, "data")
+        if self._map is not None:
+            m = self._map
+            return [m[o : o + length] for o in offsets]
+        fd, pread = self._fd, os.pread
+        try:
+            out = [pread(fd, length, o) for o in offsets]
+        except OSError as e:
+            raise DumpIOError(f"read error: {e.strerror}", path=self.path) from None
+        if any(len(d) != length for d in out):
+            raise TruncatedDumpError("short read", path=self.path)
+        return out
 
     def view(self, offset: int, length: int) -> memoryview:
         """A zero-copy view when the file is mapped, else a copy."""

@@ -345,6 +345,8 @@ class MemMap:
         info = mem.info
         self.dump, self.mem, self.layout = dump, mem, layout
         self.read_phys: ReadPhys = read_phys or bulk_reader(dump)
+        # scattered small reads (free block heads) in one call when the dump is read directly
+        self._read_many = dump.read_phys_many if read_phys is None else None
         root = info.symbol("mem_section")
         bits = info.number("SECTION_SIZE_BITS")
         sec_size = info.size("mem_section")
@@ -445,14 +447,16 @@ class MemMap:
         return buf.view(self.layout.dtype()), ok
 
     def read_each(
-        self, start: int, pfns: npt.NDArray[np.int64], buf: npt.NDArray[np.uint8], ok: Bools
-    ) -> None:
-        """The struct pages of scattered ``pfns`` (a window starting at ``start``) into ``buf``:
-        one small read each, the page-table walk shared by all pfns of one leaf."""
+        self, pfns: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+        """The struct pages of scattered ``pfns``: which of them could be read (positions in
+        ``pfns``) and their bytes, a row each; one small read each, the page-table walk shared
+        by all pfns of one leaf."""
         size = self.layout.size
         leaf_lo = leaf_hi = paddr_lo = 0
-        read = self.read_phys
-        for pfn in pfns.tolist():
+        index: list[int] = []
+        paddrs: list[int] = []
+        for pos, pfn in enumerate(pfns.tolist()):
             addr = self.page_addr(pfn)
             if addr is None:
                 continue
@@ -462,13 +466,22 @@ class MemMap:
                 except KdumperError:
                     continue
                 leaf_lo, leaf_hi, paddr_lo = addr, addr + span, paddr
-            try:
-                data = read(paddr_lo + addr - leaf_lo, size)
-            except KdumperError:
-                continue
-            pos = (pfn - start) * size
-            buf[pos : pos + size] = np.frombuffer(data, np.uint8)
-            ok[pfn - start] = True
+            index.append(pos)
+            paddrs.append(paddr_lo + addr - leaf_lo)
+        if self._read_many is not None:
+            datas = self._read_many(paddrs, size)
+        else:
+            datas = [self._read_or_none(paddr, size) for paddr in paddrs]
+        got = [i for i, data in enumerate(datas) if data is not None]
+        blob = b"".join(datas[i] or b"" for i in got)
+        rows = np.frombuffer(blob, np.uint8).reshape(-1, size)
+        return np.asarray(index, np.int64)[got], rows
+
+    def _read_or_none(self, paddr: int, size: int) -> bytes | None:
+        try:
+            return self.read_phys(paddr, size)
+        except KdumperError:
+            return None
 
     def _read_run(self, addr: int, first: int, count: int, buf: npt.NDArray[np.uint8],
                   ok: Bools) -> None:  # fmt: skip
@@ -540,6 +553,7 @@ class PageFeatures:
     hwpoison: Bools
     offline: Bools
     order: npt.NDArray[np.int64]  # valid compound order of heads, else 0
+    all_free: bool = False  # every present pfn lies in a free max-order block (read heads only)
 
     @property
     def size(self) -> int:
@@ -583,8 +597,9 @@ class Classifier:
 
     def _read_skipping_free_blocks(
         self, start: int, stop: int, present: Bools
-    ) -> tuple[npt.NDArray[np.void], Bools, PageFeatures | None]:
-        """Struct pages of a window, without reading the inside of free max-order blocks.
+    ) -> tuple[npt.NDArray[np.void], Bools] | PageFeatures:
+        """Struct pages of a window (and which could be read), without reading the inside of
+        free max-order blocks; the features themselves when the window is all free blocks.
 
         A present head of a max-order buddy block excludes the whole block at any dump level
         with -d 16 and the pages inside are never examined (makedumpfile jumps over them), so
@@ -594,16 +609,14 @@ class Classifier:
         n = stop - start
         block = 1 << (lay.max_order - 1)
         if start % block or lay.mapcount is None or lay.buddy_type is None:
-            return (*self.memmap.read(start, stop), None)
+            return self.memmap.read(start, stop)
         heads = np.zeros(n, np.bool_)
         heads[::block] = True
         heads &= present
-        raw = np.zeros(n * lay.size, np.uint8)
-        ok = np.zeros(n, np.bool_)
-        self.memmap.read_each(start, np.flatnonzero(heads) + start, raw, ok)
-        pages = raw.view(lay.dtype())
-        idx = np.flatnonzero(heads & ok)
-        hp = pages[idx]
+        at = np.flatnonzero(heads)
+        got, rows = self.memmap.read_each(at + start)
+        idx = at[got]  # the heads whose struct page was read
+        hp = rows.reshape(-1).view(lay.dtype())
         mapcount = hp["mapcount"].astype(np.uint32)
         flags = hp["flags"].astype(np.uint64)
         free = (
@@ -623,16 +636,21 @@ class Classifier:
             order[idx] = lay.max_order - 1
             buddy = np.zeros(n, np.bool_)
             buddy[idx] = True
-            known = PageFeatures(
+            return PageFeatures(
                 start=start, present=present, examined=present.copy(), tail=z, buddy=buddy,
                 buddy_order=order, unaccepted=z, cache=z, private=z, user=z, hwpoison=z,
-                offline=z, order=np.zeros(n, np.int64),
+                offline=z, order=np.zeros(n, np.int64), all_free=True,
             )  # fmt: skip
-            return pages, ok, known
+        raw = np.zeros(n * lay.size, np.uint8)
+        raw.reshape(n, lay.size)[idx] = rows
+        ok = np.zeros(n, np.bool_)
+        ok[idx] = True
         if rest.any():
             pages, ok = self.memmap.read(start, stop, rest, (raw, ok))
+        else:
+            pages = raw.view(lay.dtype())
         ok |= skip  # the inside of a free block: decided by its head
-        return pages, ok, None
+        return pages, ok
 
     def features(
         self, start: int, stop: int, present: Bools | None = None, *, skip_free: bool = False
@@ -647,9 +665,10 @@ class Classifier:
         if present is None:
             present = np.ones(n, np.bool_)
         if skip_free and lay.detects_free:
-            pages, ok, known = self._read_skipping_free_blocks(start, stop, present)
-            if known is not None:
-                return known
+            read = self._read_skipping_free_blocks(start, stop, present)
+            if isinstance(read, PageFeatures):
+                return read
+            pages, ok = read
         else:
             pages, ok = self.memmap.read(start, stop)
         examined = ok & present
@@ -761,6 +780,10 @@ class LevelFilter:
     def apply(self, f: PageFeatures) -> npt.NDArray[np.uint8]:
         """Classes of the pfns of one window (0 = kept)."""
         level, n = self.level, f.size
+        if f.all_free and level & PageClass.FREE and self._carry_end <= f.start:
+            # an idle stretch of memory: the free blocks cover every present pfn and none runs
+            # on (max-order blocks are aligned, windows are multiples of them)
+            return np.where(f.present, np.uint8(PageClass.FREE), np.uint8(0))
         cls = np.zeros(n, np.uint8)
         span = np.zeros(n, np.int64)  # pages a decision covers; 0: one page
         cand = f.examined & ~f.tail  # tails follow their head's range
