@@ -128,10 +128,9 @@ class _FailingRead:
     """A page reader that fails once it reaches ``pfn`` (in whichever process reads it)."""
 
     def __init__(self, dump: Any, pfn: int, how: str) -> None:
-        self.reader = PageReader(dump)
+        self.reader = PageReader(dump, 64)
         self.pfn = pfn
         self.how = how
-        self.buffer = bytearray(64 * dump.page_size)
 
     def __call__(self, pieces: Any) -> tuple[memoryview, list[int]]:
         if any(p <= self.pfn < p + n for p, n in pieces):
@@ -146,7 +145,7 @@ class _FailingRead:
 
                 raise Local("odd")
             raise DumpIOError("read error at offset 0x1000: Input/output error", path="/dev/x")
-        return self.reader.read_into(pieces, self.buffer)
+        return self.reader.read(pieces)
 
 
 def _run_pool(dump: Any, read: Any, batches: list[list[tuple[int, int]]]) -> int:
@@ -200,14 +199,14 @@ def test_a_failed_save_keeps_what_was_written_and_leaves_no_workers(
     """A read error in a worker ends the save with that error; the output stays incomplete."""
     path, _ = synth
     parent = os.getpid()
-    real = PageReader.read_into
+    real = PageReader.read
 
-    def read_into(self: PageReader, pieces: Any, buffer: bytearray) -> Any:
+    def read(self: PageReader, pieces: Any) -> Any:
         if os.getpid() != parent and any(p <= 5000 < p + n for p, n in pieces):
             raise DumpIOError("read error at offset 0x5000000: Input/output error", path="/x")
-        return real(self, pieces, buffer)
+        return real(self, pieces)
 
-    monkeypatch.setattr(PageReader, "read_into", read_into)
+    monkeypatch.setattr(PageReader, "read", read)
     out = tmp_path / "out"
     with pytest.raises(DumpIOError, match="Input/output error"):
         _save(path, out, dump_level=0, codec="lzo", threads=2)
@@ -238,11 +237,8 @@ def test_workers_leave_with_the_parent(synth: tuple[Path, Any]) -> None:
     path, _ = synth
     with open_for_save(path) as dump:
         encoder = BatchEncoder(get_codec("lzo"), dump.page_size, True)
-        reader = PageReader(dump)
-        buffer = bytearray(16 * dump.page_size)
-        pool = EncodeWorkers(
-            lambda pieces: reader.read_into(pieces, buffer), encoder, workers=2, batch_pages=16
-        )
+        reader = PageReader(dump, 16)
+        pool = EncodeWorkers(reader.read, encoder, workers=2, batch_pages=16)
         pids = pool.pids
         assert len(pids) == 2
         for _pid, task_w, _r in pool._procs:

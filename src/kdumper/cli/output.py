@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any, TextIO
+
+# json and datetime are imported where they are used: `kdumper save` and the capture need
+# neither unless asked for JSON (2 ms of start-up, measured with -X importtime)
 
 
 def human_bytes(n: int) -> str:
@@ -21,6 +22,8 @@ def human_bytes(n: int) -> str:
 
 def iso_utc(epoch: int) -> str:
     """ISO 8601 UTC time of a Unix timestamp (``2023-11-14T22:13:20Z``)."""
+    from datetime import UTC, datetime
+
     try:
         return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
     except (OverflowError, OSError, ValueError):
@@ -38,6 +41,8 @@ def print_pairs(pairs: Iterable[tuple[str, object]], out: TextIO | None = None) 
 
 def print_json(obj: Mapping[str, Any], out: TextIO | None = None) -> None:
     """One JSON object, indented, with a final newline."""
+    import json
+
     stream = out if out is not None else sys.stdout
     json.dump(obj, stream, indent=2, sort_keys=False, default=str)
     stream.write("\n")

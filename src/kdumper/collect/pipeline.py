@@ -220,48 +220,33 @@ def _batches(
 
 
 class PageReader:
-    """Reads runs of pages from a dump in as few calls as the format allows."""
+    """Reads batches of page runs into one buffer it reuses: the pages are copied once, from the
+    source into it (one ``preadv`` per run of a vmcore file), and nothing is allocated per batch.
+    """
 
-    def __init__(self, dump: Dump) -> None:
+    def __init__(self, dump: Dump, batch_pages: int = 0) -> None:
         self.dump = dump
         self.page_size = dump.page_size
-        self._read_pages = getattr(dump, "read_pages", None)
+        self._into = getattr(dump, "read_pages_into", None)
+        self._buffer = bytearray(batch_pages * self.page_size)
 
-    def read(self, pieces: Sequence[tuple[int, int]]) -> tuple[bytes, list[int]]:
-        """The pages of ``pieces`` back to back, and the batch indexes of pages the source lost.
-
-        A lost page (truncated source, :class:`PageIncompleteError`) reads as zeros.
-        """
-        parts: list[bytes] = []
-        lost: list[int] = []
-        index = 0
-        for pfn, count in pieces:
-            data = None
-            if self._read_pages is not None:
-                with contextlib.suppress(PageNotPresentError):
-                    data = self._read_pages(pfn, count)
-            if data is None:
-                data = self._one_by_one(pfn, count, index, lost)
-            parts.append(data)
-            index += count
-        return (parts[0] if len(parts) == 1 else b"".join(parts)), lost
-
-    def read_into(
-        self, pieces: Sequence[tuple[int, int]], buffer: bytearray
-    ) -> tuple[memoryview, list[int]]:
-        """As :meth:`read`, into ``buffer`` (which the caller reuses for every batch): the pages
-        are copied once, from the source into it, and no memory is allocated per batch."""
+    def read(self, pieces: Sequence[tuple[int, int]]) -> tuple[memoryview, list[int]]:
+        """The pages of ``pieces`` back to back (valid until the next call), and the batch
+        indexes of pages the source lost; a lost page (truncated source,
+        :class:`PageIncompleteError`) reads as zeros."""
         ps = self.page_size
-        view = memoryview(buffer)
-        into = getattr(self.dump, "read_pages_into", None)
+        need = sum(count for _pfn, count in pieces) * ps
+        if len(self._buffer) < need:
+            self._buffer = bytearray(need)
+        view = memoryview(self._buffer)
         lost: list[int] = []
         index = 0
         for pfn, count in pieces:
             part = view[index * ps : (index + count) * ps]
             done = False
-            if into is not None:
+            if self._into is not None:
                 with contextlib.suppress(PageNotPresentError):
-                    into(pfn, count, part)
+                    self._into(pfn, count, part)
                     done = True
             if not done:
                 part[:] = self._one_by_one(pfn, count, index, lost)
@@ -303,16 +288,12 @@ class _Engine:
         self.batch_pages = batch_pages
         self.progress = progress
         self.total_pages = total_pages
-        self.reader = PageReader(dump)
+        self.reader = PageReader(dump, batch_pages)
         self.done = 0
         self.zero_pages = 0
         self.lost_pages = 0
         self.bytes_in = 0
         self._workers: EncodeWorkers | None = None
-        self._buffer = bytearray(batch_pages * dump.page_size)  # the batch being read
-
-    def _read(self, pieces: Sequence[tuple[int, int]]) -> tuple[memoryview, list[int]]:
-        return self.reader.read_into(pieces, self._buffer)
 
     def close(self) -> None:
         """Stop the workers (batches in flight are dropped)."""
@@ -336,7 +317,7 @@ class _Engine:
             self._write_parallel(writer, batches)
             return
         for pieces in batches:
-            data, lost_at = self._read(pieces)
+            data, lost_at = self.reader.read(pieces)
             lost = None
             if lost_at:
                 lost = np.zeros(len(data) // self.dump.page_size, np.bool_)
@@ -348,7 +329,7 @@ class _Engine:
     def _write_parallel(self, writer: Any, batches: Iterator[list[tuple[int, int]]]) -> None:
         if self._workers is None:  # forked once, after the filter pass; reused by split parts
             self._workers = EncodeWorkers(
-                self._read, self.encoder, workers=self.threads, batch_pages=self.batch_pages
+                self.reader.read, self.encoder, workers=self.threads, batch_pages=self.batch_pages
             )
         workers = self._workers
         held: set[int] = set()  # slots whose payload the writer still holds unwritten
@@ -711,7 +692,7 @@ def mem_usage(
         if classifier is not None
         else []
     )
-    reader = PageReader(dump)
+    reader = PageReader(dump, BATCH_PAGES)
     unreadable = 0
     window = 1 << 16
     for lo in range(0, n, window):

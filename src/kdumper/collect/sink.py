@@ -17,7 +17,9 @@ from typing import Any
 
 from ..dump.io import FileSink
 
-WRITEBACK_EVERY = 16 << 20
+# 4 MiB: less left for the final fsync than with 16 MiB (busy 6.1 vmcore, -d 31 zstd, 4 GiB:
+# 0.291-0.296 s against 0.302 s; 1 GiB lzo -d 1: 0.336-0.372 s against 0.364-0.387 s)
+WRITEBACK_EVERY = 4 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 
 

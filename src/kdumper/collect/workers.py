@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import mmap
 import os
-import pickle
 import signal
 import struct
 import time
@@ -148,6 +147,8 @@ class EncodeWorkers:
         slot, status, length, bytes_in, count, zero_count, lost_count = _RESULT.unpack(head)
         self._received += 1
         if status != _OK:
+            import pickle
+
             raise pickle.loads(self._read(result_r, length, index))
         sizes = np.frombuffer(self._read(result_r, 8 * count, index), np.int64)
         flags = np.frombuffer(self._read(result_r, 4 * count, index), np.uint32)
@@ -273,6 +274,8 @@ def _encode_one(
 
 
 def _failure(slot: int, err: Exception) -> bytes:
+    import pickle
+
     try:
         blob = pickle.dumps(err)
         pickle.loads(blob)
