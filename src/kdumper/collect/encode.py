@@ -68,15 +68,19 @@ class _Lzo:
         self._fn = fn
         self._local = threading.local()
 
-    def _buffers(self, need: int) -> tuple[Any, int, Any, int, int]:
+    def _buffers(self, need: int) -> tuple[int, Any, int, int]:
+        """Output buffer address (``need`` bytes; none when ``need`` is 0), length cell, work
+        memory, of this thread."""
         st = self._local
-        if getattr(st, "size", 0) < need:
-            st.out = ctypes.create_string_buffer(need)
-            st.size = need
+        if getattr(st, "wrk", None) is None:
             st.wrk = ctypes.create_string_buffer(self.WRKMEM)
             st.n = ctypes.c_size_t()
-        return st.out, ctypes.addressof(st.out), st.n, ctypes.addressof(st.n), \
-            ctypes.addressof(st.wrk)  # fmt: skip
+            st.size = 0
+        if st.size < need:
+            st.out = ctypes.create_string_buffer(need)
+            st.size = need
+        out_addr = ctypes.addressof(st.out) if need else 0
+        return out_addr, st.n, ctypes.addressof(st.n), ctypes.addressof(st.wrk)
 
     def encode(
         self, src: int, count: int, page_size: int, keep: Iterable[int], flag: int,
@@ -84,7 +88,7 @@ class _Lzo:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], bytes | int]:  # fmt: skip
         """Sizes, flags and the payloads of the ``count`` pages at address ``src`` (the payloads'
         length when they were written at address ``out``)."""
-        _out, out_addr, n, n_addr, wrk = self._buffers(count * stored_bound(page_size))
+        out_addr, n, n_addr, wrk = self._buffers(0 if out else count * stored_bound(page_size))
         if out is not None:
             out_addr = out
         fn, memmove = self._fn, ctypes.memmove

@@ -196,27 +196,21 @@ def _runs(pfns: npt.NDArray[np.int64]) -> tuple[list[int], list[int]]:
 
 def _batches(
     pfn_chunks: Iterator[npt.NDArray[np.int64]], batch: int
-) -> Iterator[list[tuple[int, int]]]:
-    """Lists of ``(pfn, count)`` pieces of about ``batch`` pages, in pfn order."""
-    pieces: list[tuple[int, int]] = []
+) -> Iterator[npt.NDArray[np.int64]]:
+    """The pfns of ``pfn_chunks`` (ascending) in arrays of ``batch`` (the last one fewer)."""
+    pending: list[npt.NDArray[np.int64]] = []
     size = 0
     for pfns in pfn_chunks:
-        starts, lengths = _runs(pfns)
-        for pfn, count in zip(starts, lengths, strict=True):
-            while count:
-                take = min(count, batch - size)
-                if pieces and pieces[-1][0] + pieces[-1][1] == pfn:  # a run across two chunks
-                    pieces[-1] = (pieces[-1][0], pieces[-1][1] + take)
-                else:
-                    pieces.append((pfn, take))
-                size += take
-                pfn += take
-                count -= take
-                if size >= batch:
-                    yield pieces
-                    pieces, size = [], 0
-    if pieces:
-        yield pieces
+        while pfns.size:
+            take = pfns[: batch - size]
+            pending.append(take)
+            size += take.size
+            pfns = pfns[take.size :]
+            if size == batch:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, size = [], 0
+    if pending:
+        yield np.concatenate(pending)
 
 
 class PageReader:
@@ -228,16 +222,20 @@ class PageReader:
         self.dump = dump
         self.page_size = dump.page_size
         self._into = getattr(dump, "read_pages_into", None)
-        self._buffer = bytearray(batch_pages * self.page_size)
+        # allocated at the first read: in a worker process, not in the parent it was forked from
+        # (whose pages it would copy on the first write)
+        self._size = batch_pages * self.page_size
+        self._buffer = bytearray()
 
-    def read(self, pieces: Sequence[tuple[int, int]]) -> tuple[memoryview, list[int]]:
-        """The pages of ``pieces`` back to back (valid until the next call), and the batch
-        indexes of pages the source lost; a lost page (truncated source,
+    def read(self, pfns: npt.NDArray[np.int64]) -> tuple[memoryview, list[int]]:
+        """The pages of ``pfns`` (ascending) back to back (valid until the next call), and the
+        batch indexes of pages the source lost; a lost page (truncated source,
         :class:`PageIncompleteError`) reads as zeros."""
         ps = self.page_size
-        need = sum(count for _pfn, count in pieces) * ps
+        pieces = zip(*_runs(pfns), strict=True)
+        need = pfns.size * ps
         if len(self._buffer) < need:
-            self._buffer = bytearray(need)
+            self._buffer = bytearray(max(need, self._size))
         view = memoryview(self._buffer)
         lost: list[int] = []
         index = 0
@@ -316,8 +314,8 @@ class _Engine:
         if self.threads > 1:
             self._write_parallel(writer, batches)
             return
-        for pieces in batches:
-            data, lost_at = self.reader.read(pieces)
+        for pfns in batches:
+            data, lost_at = self.reader.read(pfns)
             lost = None
             if lost_at:
                 lost = np.zeros(len(data) // self.dump.page_size, np.bool_)
@@ -326,7 +324,7 @@ class _Engine:
             writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
             self._account(enc, lost, len(data))
 
-    def _write_parallel(self, writer: Any, batches: Iterator[list[tuple[int, int]]]) -> None:
+    def _write_parallel(self, writer: Any, batches: Iterator[npt.NDArray[np.int64]]) -> None:
         if self._workers is None:  # forked once, after the filter pass; reused by split parts
             self._workers = EncodeWorkers(
                 self.reader.read, self.encoder, workers=self.threads, batch_pages=self.batch_pages
@@ -343,13 +341,13 @@ class _Engine:
                 held.clear()
             self._account(enc, lost, bytes_in)
 
-        for pieces in batches:
+        for pfns in batches:
             if workers.in_flight >= workers.slots:
                 collect_one()
             if workers.next_slot in held:
                 writer.flush()
                 held.clear()
-            workers.submit(pieces)
+            workers.submit(pfns)
         while workers.in_flight:
             collect_one()
 
@@ -755,15 +753,12 @@ def _zero_pages(
     """Which of the ``need`` pfns of a window are zero pages (others: False)."""
     zero = np.zeros(need.size, np.bool_)
     pfns = np.flatnonzero(need).astype(np.int64) + start
-    for pieces in _batches(iter([pfns]), BATCH_PAGES):
-        data, lost = reader.read(pieces)
+    for batch in _batches(iter([pfns]), BATCH_PAGES):
+        data, lost = reader.read(batch)
         flags = zero_flags(data, page_size)
         if lost:
             flags[lost] = False
-        pos = 0
-        for pfn, count in pieces:
-            zero[pfn - start : pfn - start + count] = flags[pos : pos + count]
-            pos += count
+        zero[batch - start] = flags
     return zero
 
 

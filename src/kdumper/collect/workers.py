@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import mmap
 import os
 import signal
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -38,10 +39,10 @@ import numpy.typing as npt
 from ..errors import KdumperError
 from .encode import BatchEncoder, Encoded
 
-ReadFn = Callable[[Sequence[tuple[int, int]]], tuple[bytes | memoryview, list[int]]]
-"""``read(pieces) -> (pages back to back, batch indexes of pages the source lost)``."""
+ReadFn = Callable[[npt.NDArray[np.int64]], tuple[bytes | memoryview, list[int]]]
+"""``read(pfns) -> (their pages back to back, batch indexes of pages the source lost)``."""
 
-_TASK = struct.Struct("<ii")  # slot (-1: stop), number of pieces; then pieces as int64 pairs
+_TASK = struct.Struct("<ii")  # slot (-1: stop), number of pfns; then the pfns (int64)
 _RESULT = struct.Struct("<iiqqiii")  # slot, status, payload bytes, bytes read, pages, zero, lost
 _OK, _FAILED = 0, 1
 _PR_SET_PDEATHSIG = 1
@@ -77,12 +78,17 @@ class EncodeWorkers:
         self._submitted = 0
         self._received = 0
         self._procs: list[tuple[int, int, int]] = []  # pid, task pipe (write), result pipe (read)
+        # the objects that exist now are out of the collector's reach in the workers, so a
+        # collection there does not write to (and copy) every page of the inherited heap
+        gc.freeze()
         try:
             for _ in range(workers):
                 self._start(read, encoder)
         except BaseException:
             self.close()
             raise
+        finally:
+            gc.unfreeze()
 
     def _start(self, read: ReadFn, encoder: BatchEncoder) -> None:
         task_r, task_w = os.pipe()
@@ -126,14 +132,15 @@ class EncodeWorkers:
         """The slot the next :meth:`submit` fills (its previous payload must be written by then)."""
         return self._submitted % self.slots
 
-    def submit(self, pieces: Sequence[tuple[int, int]]) -> None:
-        """Send the next batch to its worker (at most ``slots`` batches in flight)."""
+    def submit(self, pfns: npt.NDArray[np.int64]) -> None:
+        """Send the next batch (its pfns, ascending) to its worker (at most ``slots`` batches
+        in flight); the worker finds the runs in it and reads them."""
         if self.in_flight >= self.slots:
             raise RuntimeError("every slot is in use: collect a result first")
         slot = self.next_slot
         _pid, task_w, _r = self._procs[self._submitted % self.workers]
-        body = np.asarray(pieces, dtype=np.int64).tobytes()
-        self._write(task_w, _TASK.pack(slot, len(pieces)) + body, self._submitted)
+        body = np.ascontiguousarray(pfns, dtype=np.int64).tobytes()
+        self._write(task_w, _TASK.pack(slot, len(pfns)) + body, self._submitted)
         self._submitted += 1
 
     def result(self) -> tuple[Encoded, Lost | None, int, int]:
@@ -230,13 +237,12 @@ def _serve(
         head = _read_exact(task_r, _TASK.size)
         if head is None:
             return
-        slot, npieces = _TASK.unpack(head)
+        slot, count = _TASK.unpack(head)
         if slot < 0:
             return
-        body = _read_exact(task_r, 16 * npieces) or b""
-        pairs = np.frombuffer(body, np.int64).reshape(-1, 2).tolist()
+        pfns = np.frombuffer(_read_exact(task_r, 8 * count) or b"", np.int64)
         try:
-            answer = _encode_one(read, encoder, pairs, shared, slot, slot_bytes)
+            answer = _encode_one(read, encoder, pfns, shared, slot, slot_bytes)
         except Exception as e:  # sent to the parent, which raises it
             answer = _failure(slot, e)
         try:
@@ -246,10 +252,10 @@ def _serve(
 
 
 def _encode_one(
-    read: ReadFn, encoder: BatchEncoder, pieces: list[list[int]], shared: memoryview, slot: int,
-    slot_bytes: int,
+    read: ReadFn, encoder: BatchEncoder, pfns: npt.NDArray[np.int64], shared: memoryview,
+    slot: int, slot_bytes: int,
 ) -> bytes:  # fmt: skip
-    data, lost_at = read([(p, n) for p, n in pieces])
+    data, lost_at = read(pfns)
     count = len(data) // encoder.page_size
     lost = None
     if lost_at:
