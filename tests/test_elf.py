@@ -29,7 +29,7 @@ from kdumper.errors import (
     UnknownFormatError,
     UnsupportedError,
 )
-from kdumper.kernel.crashinfo import read_utsname
+from kdumper.kernel.utsname import read_utsname
 from tests.elf_helpers import (
     DIRECT_MAP,
     KERNEL_MAP,

@@ -1,4 +1,4 @@
-"""open_dump: format sniffing, flattened and split sets, clear errors; crashinfo.read_utsname."""
+"""open_dump: format sniffing, flattened and split sets, clear errors; read_utsname."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from kdumper.dump.elf import ElfDump, write_elf
 from kdumper.dump.io import FileSink
 from kdumper.dump.open import describe_head, open_dump
 from kdumper.errors import DumpFormatError, InputNotFoundError, UnknownFormatError, UsageError
-from kdumper.kernel.crashinfo import read_utsname
+from kdumper.kernel.utsname import read_utsname
 from tests.elf_helpers import (
     KERNEL_MAP,
     PAGE,
@@ -158,7 +158,7 @@ def test_describe_head_is_one_line() -> None:
         assert "\n" not in describe_head(head)
 
 
-# -- crashinfo.read_utsname -------------------------------------------------------------------
+# -- kernel.utsname.read_utsname -------------------------------------------------------------------
 
 UTS = Utsname("Linux", "crashhost", "6.1.0-13-amd64", "#1 SMP PREEMPT_DYNAMIC Debian", "x86_64")
 UTS_VADDR = 0xFFFFFFFF82612000  # init_uts_ns

@@ -30,10 +30,10 @@ from kdumper.kernel.crashinfo import (
     TAINT_FLAGS,
     crash_info,
     log_facts,
-    read_utsname,
     taint_from_mask,
 )
 from kdumper.kernel.printk import LogRecord
+from kdumper.kernel.utsname import read_utsname
 from kdumper.triage.report import build_report, next_steps, render_html, render_text, report_to_json
 from tests.synth import PageClass, PrintkRecord, SynthInfo, make_vmcore
 

@@ -56,7 +56,7 @@ def exercise(dump: Any, max_reads: int = MAX_READS) -> None:
             pass
         else:
             raise AssertionError(f"read_pfn({pfn:#x}) outside [0, max_pfn) returned a page")
-    from kdumper.kernel.crashinfo import read_utsname
+    from kdumper.kernel.utsname import read_utsname
 
     read_utsname(dump)
 

@@ -13,7 +13,7 @@ from ..dump.base import Dump, WriteResult
 from ..dump.io import create_private, fsync_stream
 from ..dump.open import open_dump
 from ..errors import DumpIOError, ExitCode, UsageError
-from ..kernel.crashinfo import read_utsname
+from ..kernel.utsname import read_utsname
 from .output import human_bytes, note, print_json
 
 FORMATS = ("kdump", "elf", "flat")

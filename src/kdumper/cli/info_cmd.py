@@ -11,7 +11,7 @@ from typing import Any
 from ..dump.base import Dump
 from ..dump.open import open_dump
 from ..errors import KdumperError
-from ..kernel.crashinfo import read_utsname
+from ..kernel.utsname import read_utsname
 from .output import human_bytes, iso_utc, print_json, print_pairs
 
 

@@ -415,7 +415,7 @@ class _Capture:
     def open(self) -> None:
         """Open the vmcore and choose the dump directory name."""
         from .. import open as open_dump
-        from ..kernel.crashinfo import read_utsname
+        from ..kernel.utsname import read_utsname
 
         self.dump = dump = open_dump(self.env.vmcore)
         with contextlib.suppress(KdumperError):

@@ -308,11 +308,12 @@ class _Engine:
         if self.progress is not None:
             self.progress("write", self.done, self.total_pages)
 
-    def write(self, writer: Any) -> None:
-        """Feed every page ``writer.pfn_chunks()`` asks for, in order (a ``KdumpWriter``)."""
+    def write(self, writer: Any, *, last: bool = True) -> None:
+        """Feed every page ``writer.pfn_chunks()`` asks for, in order (a ``KdumpWriter``);
+        ``last``: no writer comes after this one (the workers may leave when done)."""
         batches = _batches(writer.pfn_chunks(PFN_CHUNK), self.batch_pages)
         if self.threads > 1:
-            self._write_parallel(writer, batches)
+            self._write_parallel(writer, batches, last)
             return
         for pfns in batches:
             data, lost_at = self.reader.read(pfns)
@@ -324,7 +325,9 @@ class _Engine:
             writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
             self._account(enc, lost, len(data))
 
-    def _write_parallel(self, writer: Any, batches: Iterator[npt.NDArray[np.int64]]) -> None:
+    def _write_parallel(
+        self, writer: Any, batches: Iterator[npt.NDArray[np.int64]], last: bool
+    ) -> None:
         if self._workers is None:  # forked once, after the filter pass; reused by split parts
             self._workers = EncodeWorkers(
                 self.reader.read, self.encoder, workers=self.threads, batch_pages=self.batch_pages
@@ -348,6 +351,8 @@ class _Engine:
                 writer.flush()
                 held.clear()
             workers.submit(pfns)
+        if last:
+            workers.end_tasks()
         while workers.in_flight:
             collect_one()
 
@@ -500,7 +505,7 @@ def save(dump: Dump, out: str | BinaryIO, options: SaveOptions) -> SaveResult:
 
 
 def _utsname(dump: Dump) -> Utsname | None:
-    from ..kernel.crashinfo import read_utsname
+    from ..kernel.utsname import read_utsname
 
     try:
         return read_utsname(dump)
@@ -508,11 +513,11 @@ def _utsname(dump: Dump) -> Utsname | None:
         return None
 
 
-def _run_writer(engine: _Engine, writer: Any, sink: Any) -> WriteResult:
+def _run_writer(engine: _Engine, writer: Any, sink: Any, *, last: bool = True) -> WriteResult:
     """begin, feed every page, finish; the sink is finished or aborted here."""
     try:
         writer.begin()
-        engine.write(writer)
+        engine.write(writer, last=last)
         result: WriteResult = writer.finish()
     except BaseException:
         sink.abort()
@@ -551,7 +556,8 @@ def _save_split(
     total = filt.kept
     results = []
     paths = split_paths(out, options.split)
-    for path, rng in zip(paths, split_ranges(filt.pages, options.split), strict=True):
+    ranges = split_ranges(filt.pages, options.split)
+    for i, (path, rng) in enumerate(zip(paths, ranges, strict=True)):
         sink = FileSink(path, overwrite=options.overwrite)
         try:
             writer = KdumpWriter(
@@ -561,7 +567,7 @@ def _save_split(
             sink.abort()
             raise
         start_in = engine.bytes_in
-        res = _run_writer(engine, writer, sink)
+        res = _run_writer(engine, writer, sink, last=i == len(paths) - 1)
         res.bytes_in = engine.bytes_in - start_in
         res.path = path
         results.append(res)

@@ -139,6 +139,8 @@ class EncodeWorkers:
             raise RuntimeError("every slot is in use: collect a result first")
         slot = self.next_slot
         _pid, task_w, _r = self._procs[self._submitted % self.workers]
+        if task_w < 0:
+            raise RuntimeError("end_tasks() was called")
         body = np.ascontiguousarray(pfns, dtype=np.int64).tobytes()
         self._write(task_w, _TASK.pack(slot, len(pfns)) + body, self._submitted)
         self._submitted += 1
@@ -200,12 +202,21 @@ class EncodeWorkers:
                 how = f"exited with status {os.WEXITSTATUS(status)}"
         return WorkerError(f"compression worker {pid} {how} in the middle of the dump")
 
+    def end_tasks(self) -> None:
+        """No more batches: each worker finishes the ones it has and exits while the parent
+        collects them (so :meth:`close` need not wait for its exit)."""
+        for i, (pid, task_w, result_r) in enumerate(self._procs):
+            if task_w >= 0:
+                os.close(task_w)
+                self._procs[i] = (pid, -1, result_r)
+
     def close(self) -> None:
         """Stop the workers and wait for them; what they were doing is dropped."""
         procs, self._procs = self._procs, []
         for _pid, task_w, result_r in procs:
             with contextlib.suppress(OSError):
-                os.close(task_w)  # the worker sees the end of its tasks
+                if task_w >= 0:
+                    os.close(task_w)  # the worker sees the end of its tasks
             with contextlib.suppress(OSError):
                 os.close(result_r)  # a worker still answering gets EPIPE instead of blocking
         for pid, _w, _r in procs:
