@@ -112,7 +112,8 @@ def test_root_disk_overlay(rootfs_factory: RootfsFactory, tmp_path: Path) -> Non
     assert _cat(disk, "/etc/kdumper/kdumper.toml") == config
     assert _cat(disk, "/etc/hostname") == "kdguest\n"
     script = _cat(disk, "/usr/local/bin/kdumper")
-    assert script.startswith("#!/usr/bin/python3\n") and "main()" in script
+    # the console script of pyproject.toml (kdumper.cli.main:run)
+    assert script.startswith("#!/usr/bin/python3\n") and "import run\n" in script
     site = f"/usr/local/lib/python{image.python}/dist-packages"
     assert "main.py" in list_files(disk, f"{site}/kdumper/cli")
     assert any(n.endswith(".pyc") for n in list_files(disk, f"{site}/kdumper/cli/__pycache__"))
