@@ -88,7 +88,8 @@ class _Lzo:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint32], bytes | int]:  # fmt: skip
         """Sizes, flags and the payloads of the ``count`` pages at address ``src`` (the payloads'
         length when they were written at address ``out``)."""
-        out_addr, n, n_addr, wrk = self._buffers(0 if out else count * stored_bound(page_size))
+        need = 0 if out is not None else count * stored_bound(page_size)
+        out_addr, n, n_addr, wrk = self._buffers(need)
         if out is not None:
             out_addr = out
         fn, memmove = self._fn, ctypes.memmove

@@ -6,8 +6,8 @@ threads were slower than one (pipeline.SINGLE_THREAD_CODECS). Processes have no 
 After the filter pass the collector forks ``workers`` processes; each inherits the open dump.
 
 Each worker owns ``depth`` slots of one shared anonymous mapping. For a batch, the parent sends
-its pieces (runs of pfns) down that worker's task pipe; the worker reads the pages from its copy
-of the dump, finds zero pages, compresses the rest straight into the slot and answers on its
+its pfns down that worker's task pipe; the worker reads the pages (run by run) from its copy of
+the dump, finds zero pages, compresses the rest straight into the slot and answers on its
 result pipe with the per-page sizes, flags and zero/lost marks (the payload stays in the slot,
 where the parent's writer reads it: no copy through a pipe). Batches go to the workers in turn
 (batch ``i`` to worker ``i % workers``, slot ``i % (workers * depth)``), so the parent reads the
@@ -17,8 +17,8 @@ it took from it (:meth:`EncodeWorkers.next_slot`: the caller flushes the writer 
 Memory: ``workers * depth`` slots of a batch each (a few MiB), whatever the dump's size. An error
 in a worker (a read error of the dump, say) is sent back and raised in the parent as it was
 raised; a worker that dies is an error naming its pid and signal. Workers end when their task
-pipe closes (:meth:`EncodeWorkers.close`, or the parent's death) and never print: they leave with
-``os._exit``.
+pipe closes (:meth:`EncodeWorkers.end_tasks` or :meth:`~EncodeWorkers.close`, or the parent's
+death) and never print: they leave with ``os._exit``.
 """
 
 from __future__ import annotations
