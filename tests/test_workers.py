@@ -261,3 +261,46 @@ def test_one_cpu_means_no_workers(
 
     monkeypatch.setattr(workers_mod.os, "fork", no_fork)
     _save(path, tmp_path / "out", codec="lzo", threads=1)
+
+
+def test_ctrl_c_stops_the_workers_and_keeps_what_was_written(tmp_path: Path) -> None:
+    """SIGINT to the terminal's process group mid-save: exit 130 with one line, no process left,
+    the output kept as OUT-incomplete and readable as an incomplete dump."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.synth import make_vmcore
+
+    vmcore = tmp_path / "vmcore"
+    make_vmcore(vmcore, mem_mib=1024, seed=23)  # a few seconds of zlib on two workers
+    out = tmp_path / "out"
+    code = "import sys; from kdumper.cli.main import run; sys.argv[0] = 'kdumper'; run()"
+    argv = [sys.executable, "-c", code, "save", str(vmcore), str(out), "-d", "0", "-c", "zlib",
+            "--threads", "2", "--no-progress"]  # fmt: skip
+
+    def foreground() -> None:  # as a shell's foreground job: SIGINT not ignored, own group
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.setsid()
+
+    proc = subprocess.Popen(argv, preexec_fn=foreground, stderr=subprocess.PIPE, text=True)
+    group: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "out-incomplete").exists():
+        time.sleep(0.02)
+    while time.monotonic() < deadline and len(group) < 3:  # the parent and its two workers
+        ps = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
+        group = ps.stdout.split()
+        time.sleep(0.02)
+    assert len(group) == 3 and proc.poll() is None, "the save ended before it could be stopped"
+    time.sleep(0.3)  # some batches written
+    os.killpg(proc.pid, signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["kdumper: interrupted"]
+    time.sleep(0.1)
+    left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
+    assert left.stdout.split() == []
+    assert not out.exists()
+    with kdumper.open(str(tmp_path / "out-incomplete")) as o:
+        assert o.facts().incomplete
