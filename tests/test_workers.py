@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import kdumper
@@ -24,6 +25,7 @@ from kdumper.collect.pipeline import PageReader, SaveOptions, save, split_paths
 from kdumper.collect.source import open_for_save
 from kdumper.collect.workers import EncodeWorkers, WorkerError
 from kdumper.errors import DumpIOError, ExitCode, PageIncompleteError
+from kdumper.kernel.pages import PageClass
 
 
 @pytest.fixture(scope="module")
@@ -304,3 +306,65 @@ def test_ctrl_c_stops_the_workers_and_keeps_what_was_written(tmp_path: Path) -> 
     assert not out.exists()
     with kdumper.open(str(tmp_path / "out-incomplete")) as o:
         assert o.facts().incomplete
+
+
+class _FakeDump:
+    """Just what WindowClassifier reads: the present bitmap and the pfn count."""
+
+    def __init__(self, windows: int) -> None:
+        from kdumper.dump.bitmap import Bitmap
+
+        self.max_pfn = windows << 16
+        self.present = Bitmap.from_bool(np.ones(self.max_pfn, np.bool_))
+
+
+class _FakeClassifier:
+    """Window 1 holds a 1 GiB user hugetlb page (order 18: it covers windows 1-4); the windows
+    it covers hold pages that would be free or user on their own; every window has a user page
+    at 5 and a buddy block of order 3 at 64."""
+
+    def __init__(self, dump: _FakeDump) -> None:
+        from types import SimpleNamespace
+
+        self.dump = dump
+        self.layout = SimpleNamespace(max_order=11)
+
+    def features(self, start: int, stop: int, present: Any, *, skip_free: bool = False) -> Any:
+        from tests.test_pages import _mask, make_features
+
+        n = stop - start
+        order = np.zeros(n, np.int64)
+        buddy_order = np.zeros(n, np.int64)
+        buddy_order[64] = 3
+        user = _mask(n, 5)
+        if start == 1 << 16:
+            order[0] = 18
+            user[0] = True
+        return make_features(n, start, user=user, buddy=_mask(n, 64), buddy_order=buddy_order,
+                             order=order)  # fmt: skip
+
+
+@pytest.mark.parametrize("level", [31, 8, 16, 1])
+def test_filter_windows_in_workers_follow_ranges_across_windows(level: int) -> None:
+    """Workers classify each window on its own; where a range from an earlier window runs into
+    one, the parent classifies it again in order: the result is the in-order pass's."""
+    from kdumper.collect.pipeline import _classify_in_workers
+    from kdumper.kernel.pages import WindowClassifier
+
+    dump = _FakeDump(7)
+    fake: Any = _FakeClassifier(dump)
+    spans = WindowClassifier(fake, level).windows()
+    assert len(spans) == 7
+    serial = WindowClassifier(fake, level)
+    want = [serial.in_order(lo, hi) for lo, hi in spans]
+    encoder = BatchEncoder(get_codec("lzo"), 4096, True)
+    with EncodeWorkers(lambda p: (b"", []), encoder, workers=2, batch_pages=16,
+                       classify=WindowClassifier(fake, level).alone) as pool:  # fmt: skip
+        got = list(_classify_in_workers(WindowClassifier(fake, level), spans, pool))
+    assert [g.start for g in got] == [w.start for w in want]
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g.cls, w.cls), g.start
+        assert (g.unreadable, g.all_free) == (w.unreadable, w.all_free)
+    if level & 8:  # the hugetlb page covers windows 1-4 whole
+        assert all((w.cls == PageClass.USER).all() for w in want[1:5])
+    assert _no_children()

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
@@ -40,12 +41,14 @@ from ..errors import KdumperError, PageNotPresentError, UsageError
 from ..kernel.pages import (
     ALWAYS_EXCLUDED,
     CLASS_NAMES,
+    Classified,
     Classifier,
     LevelFilter,
     PageClass,
+    WindowClassifier,
 )
 from .encode import BatchEncoder, Encoded, zero_flags
-from .workers import EncodeWorkers, can_fork
+from .workers import ClassifyFn, EncodeWorkers, can_fork
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +126,18 @@ def make_classifier(dump: Dump, warnings: list[str]) -> Classifier | None:
 
 
 def build_filter(
-    dump: Dump, dump_level: int, *, progress: ProgressFn | None = None
+    dump: Dump,
+    dump_level: int,
+    *,
+    progress: ProgressFn | None = None,
+    workers: EncodeWorkers | None = None,
 ) -> FilterResult:
     """Classify every page of ``dump`` and keep those ``dump_level`` does not exclude.
 
     HWPoison and offline pages go at every level. When the kernel's struct page layout is not
     known, nothing is excluded by class (a warning says so); zero pages are still found later.
+    ``workers`` (started with a :meth:`WindowClassifier.alone` of this dump and level) classify
+    the windows in parallel.
     """
     _check_level(dump_level)
     started = time.monotonic()
@@ -142,24 +151,26 @@ def build_filter(
     classifier = make_classifier(dump, warnings)
     unreadable = 0
     if classifier is not None:
-        flt = LevelFilter(dump_level, classifier.layout.max_order)
-        skip_free = bool(dump_level & PageClass.FREE)  # free max-order blocks: heads only
-        for feats, win_present in classifier.windows(skip_free=skip_free):
-            cls = flt.apply(feats)
-            # unreadable struct pages (kept unless a range from a readable head covers them)
-            unreadable += int(np.count_nonzero(win_present & ~feats.examined & (cls == 0)))
-            drop = cls != 0
+        wc = WindowClassifier(classifier, dump_level)
+        spans = wc.windows()
+        if workers is not None and workers.classifies:
+            results = _classify_in_workers(wc, spans, workers)
+        else:
+            results = (wc.in_order(lo, hi) for lo, hi in spans)
+        for r in results:
+            unreadable += r.unreadable
+            drop = r.cls != 0
             if drop.any():
-                lo = feats.start
-                keep = pages.window(lo, lo + feats.size)
+                lo = r.start
+                keep = pages.window(lo, lo + r.cls.size)
                 # a page the source lacks was not counted by makedumpfile either
-                if feats.all_free:  # one class: count it without a histogram
+                if r.all_free:  # one class: count it without a histogram
                     excluded["free"] += int(np.count_nonzero(keep & drop[: keep.size]))
                 else:
-                    _count_classes(cls[: keep.size] * keep, excluded)
+                    _count_classes(r.cls[: keep.size] * keep, excluded)
                 pages.store_window(lo, keep & ~drop[: keep.size])
             if progress is not None:
-                progress("filter", min(feats.start + feats.size, n), n)
+                progress("filter", min(r.start + r.cls.size, n), n)
         if unreadable:
             warnings.append(f"{unreadable} pages have unreadable struct pages and are kept")
     return FilterResult(
@@ -173,6 +184,32 @@ def build_filter(
         warnings=warnings,
         seconds=time.monotonic() - started,
     )
+
+
+def _classify_in_workers(
+    wc: WindowClassifier, spans: list[tuple[int, int]], workers: EncodeWorkers
+) -> Iterator[Classified]:
+    """The windows classified by the workers, in order; a window that a range from an earlier
+    one runs into (a compound page larger than a window) is classified again here, in order."""
+    todo = iter(spans)
+    sent: deque[tuple[int, int]] = deque()
+    for span in todo:
+        workers.submit_window(*span)
+        sent.append(span)
+        if len(sent) == workers.slots:
+            break
+    while sent:
+        lo, hi = sent.popleft()
+        r = workers.result_window()
+        nxt = next(todo, None)
+        if nxt is not None:
+            workers.submit_window(*nxt)
+            sent.append(nxt)
+        if wc.filter.carry[0] > lo:
+            r = wc.in_order(lo, hi)
+        else:
+            wc.filter.carry_over(r.carry)
+        yield r
 
 
 def _count_classes(cls: npt.NDArray[np.uint8], into: dict[str, int]) -> None:
@@ -325,14 +362,21 @@ class _Engine:
             writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
             self._account(enc, lost, len(data))
 
+    def start_workers(self, classify: ClassifyFn | None = None) -> EncodeWorkers | None:
+        """Fork the workers now (with ``classify``: they take filter windows too); None when
+        this engine compresses in its own process."""
+        if self._workers is None and self.threads > 1:
+            self._workers = EncodeWorkers(
+                self.reader.read, self.encoder, workers=self.threads,
+                batch_pages=self.batch_pages, classify=classify,
+            )  # fmt: skip
+        return self._workers
+
     def _write_parallel(
         self, writer: Any, batches: Iterator[npt.NDArray[np.int64]], last: bool
     ) -> None:
-        if self._workers is None:  # forked once, after the filter pass; reused by split parts
-            self._workers = EncodeWorkers(
-                self.reader.read, self.encoder, workers=self.threads, batch_pages=self.batch_pages
-            )
-        workers = self._workers
+        workers = self.start_workers()  # forked once, reused by split parts
+        assert workers is not None
         held: set[int] = set()  # slots whose payload the writer still holds unwritten
 
         def collect_one() -> None:
@@ -454,7 +498,6 @@ def save(dump: Dump, out: str | BinaryIO, options: SaveOptions) -> SaveResult:
     codec = get_codec("none" if fmt == "elf" else options.codec)
     codec.available()
     utsname = options.utsname if options.utsname is not None else _utsname(dump)
-    filt = build_filter(dump, options.dump_level, progress=options.progress)
     exclude_zero = bool(options.dump_level & PageClass.ZERO)
     threads = default_threads(codec.name) if options.threads is None else max(0, options.threads)
     engine = _Engine(
@@ -464,9 +507,19 @@ def save(dump: Dump, out: str | BinaryIO, options: SaveOptions) -> SaveResult:
         threads=threads,
         batch_pages=max(1, options.batch_pages),
         progress=options.progress,
-        total_pages=filt.kept,
+        total_pages=0,
     )
     try:
+        workers = None
+        if engine.threads > 1:  # forked before the filter pass: they classify its windows too
+            classifier = make_classifier(dump, [])  # (build_filter reports why it is None)
+            classify = None
+            if classifier is not None:
+                classify = WindowClassifier(classifier, options.dump_level).alone
+            if classify is not None or fmt != "elf":
+                workers = engine.start_workers(classify)
+        filt = build_filter(dump, options.dump_level, progress=options.progress, workers=workers)
+        engine.total_pages = filt.kept
         if fmt == "elf":
             assert isinstance(out, str)
             outputs = [_save_elf(dump, out, filt, options, exclude_zero)]

@@ -37,13 +37,20 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import KdumperError
+from ..kernel.pages import Classified
 from .encode import BatchEncoder, Encoded
 
 ReadFn = Callable[[npt.NDArray[np.int64]], tuple[bytes | memoryview, list[int]]]
 """``read(pfns) -> (their pages back to back, batch indexes of pages the source lost)``."""
+ClassifyFn = Callable[[int, int], Classified]
+"""``classify(start, stop)``: one window of the filter pass on its own
+(:meth:`kdumper.kernel.pages.WindowClassifier.alone`)."""
 
-_TASK = struct.Struct("<ii")  # slot (-1: stop), number of pfns; then the pfns (int64)
+_TASK = struct.Struct("<iii")  # kind, slot, count; then ``count`` int64 (pfns, or a window)
+_ENCODE, _CLASSIFY = 0, 1
 _RESULT = struct.Struct("<iiqqiii")  # slot, status, payload bytes, bytes read, pages, zero, lost
+_WINDOW = struct.Struct("<iiqqqqii")  # slot, status, cls bytes, start, unreadable, carry end,
+#                                       carry class, all free
 _OK, _FAILED = 0, 1
 _PR_SET_PDEATHSIG = 1
 
@@ -64,10 +71,11 @@ class EncodeWorkers:
 
     def __init__(
         self, read: ReadFn, encoder: BatchEncoder, *, workers: int, batch_pages: int,
-        depth: int = 2,
+        depth: int = 2, classify: ClassifyFn | None = None,
     ) -> None:  # fmt: skip
         if workers < 1 or depth < 1:
             raise ValueError("workers and depth must be at least 1")
+        self.classifies = classify is not None  # they can take filter windows too
         self.workers = workers
         self.depth = depth
         self.slots = workers * depth
@@ -83,14 +91,14 @@ class EncodeWorkers:
         gc.freeze()
         try:
             for _ in range(workers):
-                self._start(read, encoder)
+                self._start(read, encoder, classify)
         except BaseException:
             self.close()
             raise
         finally:
             gc.unfreeze()
 
-    def _start(self, read: ReadFn, encoder: BatchEncoder) -> None:
+    def _start(self, read: ReadFn, encoder: BatchEncoder, classify: ClassifyFn | None) -> None:
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
         try:
@@ -109,7 +117,7 @@ class EncodeWorkers:
                     os.close(r)
                 os.close(task_w)
                 os.close(result_r)
-                _serve(read, encoder, task_r, result_w, self._view, self.slot_bytes)
+                _serve(read, encoder, classify, task_r, result_w, self._view, self.slot_bytes)
                 code = 0
             finally:
                 os._exit(code)
@@ -134,31 +142,58 @@ class EncodeWorkers:
 
     def submit(self, pfns: npt.NDArray[np.int64]) -> None:
         """Send the next batch (its pfns, ascending) to its worker (at most ``slots`` batches
-        in flight); the worker finds the runs in it and reads them."""
+        in flight); the worker finds the runs in it and reads them. Collect with
+        :meth:`result`."""
+        self._send(_ENCODE, np.ascontiguousarray(pfns, dtype=np.int64))
+
+    def submit_window(self, start: int, stop: int) -> None:
+        """Send the next filter window to its worker; collect it with :meth:`result_window`."""
+        if not self.classifies:
+            raise RuntimeError("these workers were started without a classifier")
+        self._send(_CLASSIFY, np.array([start, stop], np.int64))
+
+    def _send(self, kind: int, body: npt.NDArray[np.int64]) -> None:
         if self.in_flight >= self.slots:
             raise RuntimeError("every slot is in use: collect a result first")
         slot = self.next_slot
         _pid, task_w, _r = self._procs[self._submitted % self.workers]
         if task_w < 0:
             raise RuntimeError("end_tasks() was called")
-        body = np.ascontiguousarray(pfns, dtype=np.int64).tobytes()
-        self._write(task_w, _TASK.pack(slot, len(pfns)) + body, self._submitted)
+        self._write(task_w, _TASK.pack(kind, slot, body.size) + body.tobytes(), self._submitted)
         self._submitted += 1
 
-    def result(self) -> tuple[Encoded, Lost | None, int, int]:
-        """The next batch in order: its encoding (payload in the slot), lost pages, bytes read
-        from the dump, and its slot. Raises what the worker raised."""
+    def result_window(self) -> Classified:
+        """The next filter window in order (as the worker classified it on its own)."""
+        index, result_r = self._next_result()
+        head = self._read(result_r, _WINDOW.size, index)
+        slot, status, length, start, unreadable, carry_end, carry_cls, all_free = _WINDOW.unpack(
+            head
+        )
+        self._raise_failure(status, result_r, length, index)
+        at = slot * self.slot_bytes
+        cls = np.frombuffer(self._view[at : at + length], np.uint8).copy()  # the slot is reused
+        return Classified(start, cls, unreadable, bool(all_free), (carry_end, carry_cls))
+
+    def _next_result(self) -> tuple[int, int]:
         if not self.in_flight:
-            raise RuntimeError("no batch in flight")
+            raise RuntimeError("nothing in flight")
         index = self._received
-        _pid, _w, result_r = self._procs[index % self.workers]
-        head = self._read(result_r, _RESULT.size, index)
-        slot, status, length, bytes_in, count, zero_count, lost_count = _RESULT.unpack(head)
         self._received += 1
+        return index, self._procs[index % self.workers][2]
+
+    def _raise_failure(self, status: int, result_r: int, length: int, index: int) -> None:
         if status != _OK:
             import pickle
 
             raise pickle.loads(self._read(result_r, length, index))
+
+    def result(self) -> tuple[Encoded, Lost | None, int, int]:
+        """The next batch in order: its encoding (payload in the slot), lost pages, bytes read
+        from the dump, and its slot. Raises what the worker raised."""
+        index, result_r = self._next_result()
+        head = self._read(result_r, _RESULT.size, index)
+        slot, status, length, bytes_in, count, zero_count, lost_count = _RESULT.unpack(head)
+        self._raise_failure(status, result_r, length, index)
         sizes = np.frombuffer(self._read(result_r, 8 * count, index), np.int64)
         flags = np.frombuffer(self._read(result_r, 4 * count, index), np.uint32)
         zero = None
@@ -234,8 +269,8 @@ class EncodeWorkers:
 
 
 def _serve(
-    read: ReadFn, encoder: BatchEncoder, task_r: int, result_w: int, shared: memoryview,
-    slot_bytes: int,
+    read: ReadFn, encoder: BatchEncoder, classify: ClassifyFn | None, task_r: int,
+    result_w: int, shared: memoryview, slot_bytes: int,
 ) -> None:  # fmt: skip
     """A worker's life: read tasks until the pipe ends, answer each one."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
@@ -248,34 +283,42 @@ def _serve(
         head = _read_exact(task_r, _TASK.size)
         if head is None:
             return
-        slot, count = _TASK.unpack(head)
-        if slot < 0:
-            return
-        pfns = np.frombuffer(_read_exact(task_r, 8 * count) or b"", np.int64)
+        kind, slot, count = _TASK.unpack(head)
+        body = np.frombuffer(_read_exact(task_r, 8 * count) or b"", np.int64)
+        out = shared[slot * slot_bytes : (slot + 1) * slot_bytes]
         try:
-            answer = _encode_one(read, encoder, pfns, shared, slot, slot_bytes)
+            if kind == _CLASSIFY:
+                assert classify is not None
+                answer = _classify_one(classify, int(body[0]), int(body[1]), out, slot)
+            else:
+                answer = _encode_one(read, encoder, body, out, slot)
         except Exception as e:  # sent to the parent, which raises it
-            answer = _failure(slot, e)
+            answer = _failure(_WINDOW if kind == _CLASSIFY else _RESULT, slot, e)
         try:
             _write_all(result_w, answer)
         except OSError:  # the parent is gone or closed the pipe
             return
 
 
+def _classify_one(classify: ClassifyFn, start: int, stop: int, out: memoryview, slot: int) -> bytes:
+    r = classify(start, stop)
+    out[: r.cls.size] = r.cls.tobytes()
+    end, cls = r.carry
+    return _WINDOW.pack(slot, _OK, r.cls.size, r.start, r.unreadable, end, cls, int(r.all_free))
+
+
 def _encode_one(
-    read: ReadFn, encoder: BatchEncoder, pfns: npt.NDArray[np.int64], shared: memoryview,
-    slot: int, slot_bytes: int,
-) -> bytes:  # fmt: skip
+    read: ReadFn, encoder: BatchEncoder, pfns: npt.NDArray[np.int64], out: memoryview, slot: int
+) -> bytes:
     data, lost_at = read(pfns)
     count = len(data) // encoder.page_size
     lost = None
     if lost_at:
         lost = np.zeros(count, np.bool_)
         lost[lost_at] = True
-    out = shared[slot * slot_bytes : (slot + 1) * slot_bytes]
     enc = encoder.encode(data, lost, out)
     payload = enc.data
-    if not isinstance(payload, memoryview) or payload.obj is not shared.obj:
+    if not isinstance(payload, memoryview) or payload.obj is not out.obj:
         out[: len(payload)] = payload  # an all-zero batch: b""
     parts = [
         _RESULT.pack(slot, _OK, len(payload), len(data), count, enc.zero_count, len(lost_at)),
@@ -290,7 +333,7 @@ def _encode_one(
     return b"".join(parts)
 
 
-def _failure(slot: int, err: Exception) -> bytes:
+def _failure(header: struct.Struct, slot: int, err: Exception) -> bytes:
     import pickle
 
     try:
@@ -298,7 +341,8 @@ def _failure(slot: int, err: Exception) -> bytes:
         pickle.loads(blob)
     except Exception:  # an exception that does not survive pickling: keep its text
         blob = pickle.dumps(WorkerError(f"compression worker failed: {type(err).__name__}: {err}"))
-    return _RESULT.pack(slot, _FAILED, len(blob), 0, 0, 0, 0) + blob
+    rest = [0] * (len(header.format) - 4)  # the fields after slot, status and length
+    return header.pack(slot, _FAILED, len(blob), *rest) + blob
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -777,6 +777,16 @@ class LevelFilter:
         self._carry_end = 0  # absolute pfn where a range started in an earlier window ends
         self._carry_cls = 0
 
+    @property
+    def carry(self) -> tuple[int, int]:
+        """``(end pfn, class)`` of the last range that ran on past a window (``(0, 0)``: none)."""
+        return self._carry_end, self._carry_cls
+
+    def carry_over(self, carry: tuple[int, int]) -> None:
+        """Take on a run-on range decided elsewhere (a window classified on its own)."""
+        if carry[0] > self._carry_end:
+            self._carry_end, self._carry_cls = carry
+
     def apply(self, f: PageFeatures) -> npt.NDArray[np.uint8]:
         """Classes of the pfns of one window (0 = kept)."""
         level, n = self.level, f.size
@@ -858,6 +868,58 @@ class LevelFilter:
         if int(ends[-1]) > n:
             self._carry_end = start + int(ends[-1])
             self._carry_cls = int(cls[last])
+
+
+@dataclass
+class Classified:
+    """The classes of one window at one dump level (:meth:`LevelFilter.apply`) and its facts."""
+
+    start: int
+    cls: npt.NDArray[np.uint8]  # per pfn: 0 kept, else the excluding PageClass
+    unreadable: int  # present pfns kept because their struct page could not be read
+    all_free: bool  # every present pfn is in a free max-order block (cls is FREE or 0)
+    carry: tuple[int, int]  # a range running on past the window: (end pfn, class); (0, 0): none
+
+
+class WindowClassifier:
+    """Classifies the windows of a dump at one dump level.
+
+    :meth:`in_order` is the filter pass: windows in ascending order, each seeing the ranges that
+    run on from earlier ones. :meth:`alone` classifies one window as if nothing ran into it —
+    what a worker process can do for any window in any order; its result is the in-order one
+    unless an earlier window's range reaches into it (:attr:`Classified.carry` says when), which
+    only a compound page larger than a window (a 1 GiB hugetlb page) does.
+    """
+
+    def __init__(self, classifier: Classifier, dump_level: int) -> None:
+        self.classifier = classifier
+        self.dump = classifier.dump
+        self.level = dump_level
+        self.skip_free = bool(dump_level & PageClass.FREE)  # free max-order blocks: heads only
+        self.filter = LevelFilter(dump_level, classifier.layout.max_order)
+
+    def windows(self, window: int = WINDOW_PFNS) -> list[tuple[int, int]]:
+        """``(start, stop)`` of every window holding RAM, ascending."""
+        present, n = self.dump.present, self.dump.max_pfn
+        spans = [(lo, min(lo + window, n)) for lo in range(0, n, window)]
+        return [(lo, hi) for lo, hi in spans if present.window(lo, hi).any()]
+
+    def in_order(self, start: int, stop: int) -> Classified:
+        """The next window of the pass, with the ranges running on from earlier windows."""
+        return self._classify(self.filter, start, stop)
+
+    def alone(self, start: int, stop: int) -> Classified:
+        """One window on its own (see the class docstring)."""
+        return self._classify(LevelFilter(self.level, self.filter.max_order), start, stop)
+
+    def _classify(self, flt: LevelFilter, start: int, stop: int) -> Classified:
+        present = self.dump.present.window(start, stop)
+        feats = self.classifier.features(start, stop, present, skip_free=self.skip_free)
+        cls = flt.apply(feats)
+        # unreadable struct pages (kept unless a range from a readable head covers them)
+        unreadable = int(np.count_nonzero(present & ~feats.examined & (cls == 0)))
+        carry = flt.carry if flt.carry[0] > stop else (0, 0)
+        return Classified(start, cls, unreadable, feats.all_free, carry)
 
 
 def exclusion_windows(
