@@ -254,16 +254,19 @@ class QemuVM:
         abort: str | None = None,
         start: int = 0,
         silence: float | None = None,
+        wedged: str | None = None,
     ) -> SerialLine | None:
         """Wait until a serial line matches ``pattern`` (a regex, searched).
 
         Only lines from index ``start`` of :attr:`lines` on are considered. Returns the line, or
         ``None`` when QEMU exited first. Raises :class:`HarnessError` on timeout or when a line
         matches ``abort``, and :class:`GuestStalledError` when ``silence`` is given and the
-        console has printed nothing for that many seconds (a hung guest).
+        console has printed nothing for that many seconds, or when a line matches ``wedged``
+        (a hung guest).
         """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         abort_re = re.compile(abort) if abort else None
+        wedged_re = re.compile(wedged) if wedged else None
         deadline = time.monotonic() + timeout
         seen = start
         last_output = time.monotonic()
@@ -274,6 +277,8 @@ class QemuVM:
                         return line
                     if abort_re is not None and abort_re.search(line.text):
                         raise HarnessError(f"guest reported: {line.text.strip()}")
+                    if wedged_re is not None and wedged_re.search(line.text):
+                        raise GuestStalledError(f"the guest is wedged: {line.text.strip()}")
                 now = time.monotonic()
                 if len(self.lines) > seen:
                     last_output = now

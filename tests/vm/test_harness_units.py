@@ -197,3 +197,19 @@ def test_qemu_vm_silence_is_a_stall(tmp_path: Path) -> None:
         vm.wait_for("never", 60, silence=1.0)
     assert time.monotonic() - started < 10
     assert vm.pid is not None and _gone(vm.pid)
+
+
+def test_qemu_vm_soft_lockup_is_a_stall(tmp_path: Path) -> None:
+    """A guest that keeps printing lockup reports is wedged, not slow: raised at the report."""
+    from vmharness.rootfs import FIRST_BOOT_WEDGED
+
+    report = "[   52.410742] watchdog: BUG: soft lockup - CPU#0 stuck for 44s! [(udev-worker):207]"
+    qemu = _fake_qemu(
+        tmp_path, f'echo "booting"; sleep 0.2; echo "{report}"; while :; do echo x; sleep 0.1; done'
+    )
+    vm = QemuVM(QemuConfig(qemu=qemu), tmp_path / "w", exclusive=False)
+    started = time.monotonic()
+    with pytest.raises(GuestStalledError, match=r"wedged: .*soft lockup - CPU#0 stuck"), vm:
+        vm.wait_for("KDGUEST: ready", 60, silence=30, wedged=FIRST_BOOT_WEDGED)
+    assert time.monotonic() - started < 10
+    assert vm.pid is not None and _gone(vm.pid)
