@@ -132,13 +132,15 @@ def build_filter(
     *,
     progress: ProgressFn | None = None,
     workers: EncodeWorkers | None = None,
+    classified: tuple[Classifier | None, list[str]] | None = None,
 ) -> FilterResult:
     """Classify every page of ``dump`` and keep those ``dump_level`` does not exclude.
 
     HWPoison and offline pages go at every level. When the kernel's struct page layout is not
     known, nothing is excluded by class (a warning says so); zero pages are still found later.
     ``workers`` (started with a :meth:`WindowClassifier.alone` of this dump and level) classify
-    the windows in parallel.
+    the windows in parallel. ``classified``: what :func:`make_classifier` already returned for
+    ``dump`` (the classifier and its warnings), so that it is not built twice.
     """
     _check_level(dump_level)
     started = time.monotonic()
@@ -147,9 +149,12 @@ def build_filter(
     total = present.count()
     pages = dump.dumped & present  # a new bitmap
     not_in_source = total - pages.count()
-    warnings: list[str] = []
     excluded = dict.fromkeys(CLASS_NAMES.values(), 0)
-    classifier = make_classifier(dump, warnings)
+    if classified is None:
+        warnings: list[str] = []
+        classifier = make_classifier(dump, warnings)
+    else:
+        classifier, warnings = classified[0], list(classified[1])
     unreadable = 0
     if classifier is not None:
         wc = WindowClassifier(classifier, dump_level)
@@ -512,14 +517,20 @@ def save(dump: Dump, out: str | BinaryIO, options: SaveOptions) -> SaveResult:
     )
     try:
         workers = None
+        classified = None
         if engine.threads > 1:  # forked before the filter pass: they classify its windows too
-            classifier = make_classifier(dump, [])  # (build_filter reports why it is None)
+            notes: list[str] = []
+            classifier = make_classifier(dump, notes)
+            classified = (classifier, notes)
             classify = None
             if classifier is not None:
                 classify = WindowClassifier(classifier, options.dump_level).alone
             if classify is not None or fmt != "elf":
                 workers = engine.start_workers(classify)
-        filt = build_filter(dump, options.dump_level, progress=options.progress, workers=workers)
+        filt = build_filter(
+            dump, options.dump_level, progress=options.progress, workers=workers,
+            classified=classified,
+        )  # fmt: skip
         engine.total_pages = filt.kept
         if fmt == "elf":
             assert isinstance(out, str)
