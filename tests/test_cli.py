@@ -257,3 +257,57 @@ def test_console_script_is_installed() -> None:
     res = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert os.access(exe, os.X_OK)
+
+
+def test_library_warning_keeps_the_prefix_with_logging_imported_late(
+    vmcore: Path, tmp_path: Path
+) -> None:
+    """logging is imported only when a library module first asks for a logger (kdumper.logs);
+    the command line's set-up still runs first: one prefixed line, in a fresh process."""
+    cut = tmp_path / "cut"
+    cut.write_bytes(vmcore.read_bytes()[: -3 * PAGE])
+    res = subprocess.run(
+        [sys.executable, "-m", "kdumper", "info", str(cut)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if "PT_LOAD data are missing" in ln]
+    assert lines and lines[0].startswith(f"kdumper: warning: {cut}: the file is truncated")
+
+
+def test_save_does_not_import_logging_or_shutil(vmcore: Path, tmp_path: Path) -> None:
+    """The start-up of `kdumper save` (measured in benchmarks/) leaves out what it never uses."""
+    argv = ["save", str(vmcore), str(tmp_path / "out"), "-d", "31", "--threads", "1"]
+    code = (
+        "import sys\n"
+        "before = {'logging', 'shutil'} & set(sys.modules)\n"  # what site's .pth files imported
+        "from kdumper.cli.main import main\n"
+        f"rc = main({argv!r})\n"
+        "print(rc, sorted({'logging', 'shutil'} & set(sys.modules) - before))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.split() == ["0", "[]"], res.stderr
+
+
+def test_logger_set_up_on_first_use() -> None:
+    from kdumper import logs
+
+    calls: list[str] = []
+    logs._pending.clear()
+    logs._pending.append(lambda: calls.append("setup"))  # as configure_on_first_use leaves it
+    assert not calls
+    logger = logs.get_logger("kdumper.test")
+    assert calls == ["setup"] and logger.name == "kdumper.test"
+    logs.get_logger("kdumper.test")
+    assert calls == ["setup"]  # once
+    logs.configure_on_first_use(lambda: calls.append("now"))  # logging is imported: at once
+    assert calls == ["setup", "now"] and not logs._pending
+
+
+def test_help_width_follows_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdumper.cli.main import _terminal_width
+
+    monkeypatch.setenv("COLUMNS", "100")
+    assert _terminal_width() == 98  # as shutil.get_terminal_size().columns - 2
+    monkeypatch.setenv("COLUMNS", "junk")  # ignored: the terminal's width, else 80
+    assert _terminal_width() > 0

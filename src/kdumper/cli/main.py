@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import logging
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
 from ..errors import ExitCode, KdumperError
+from ..logs import configure_on_first_use
+from .output import collector_paused
 
 # numpy's OpenBLAS starts one thread per CPU when numpy is imported, and they spin for a while:
 # measured here, 2-4 % of a `save`'s CPU taken from the compression threads. kdumper never calls
@@ -69,8 +69,27 @@ def _epilog() -> str:
     return "\n".join(lines)
 
 
+def _terminal_width() -> int:
+    """What ``shutil.get_terminal_size().columns - 2`` gives argparse's help formatter (without
+    importing shutil, with bz2 and lzma behind it: ~1.7 ms of every command's start)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns or 80) - 2
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors with kdumper's prefix and exit code."""
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse makes a formatter for every add_argument; its default width imports shutil
+        return self.formatter_class(prog=self.prog, width=_terminal_width())  # type: ignore[call-arg]
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -117,6 +136,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _setup_logging(debug: bool) -> None:
+    import logging
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("kdumper: %(levelname)s: %(message)s"))
     root = logging.getLogger("kdumper")
@@ -127,6 +148,12 @@ def _setup_logging(debug: bool) -> None:
     logging.addLevelName(logging.DEBUG, "debug")
     logging.addLevelName(logging.INFO, "info")
     logging.addLevelName(logging.ERROR, "error")
+
+
+def _print_traceback() -> None:
+    import traceback
+
+    traceback.print_exc()
 
 
 def _quiet_stdout() -> None:
@@ -141,7 +168,8 @@ def _quiet_stdout() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kdumper`` command line; returns the process exit code."""
-    parser = build_parser(argv)
+    with collector_paused():  # the command's modules are imported here
+        parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors
@@ -150,12 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
     debug = bool(args.debug)
-    _setup_logging(debug)
+    if debug:
+        _setup_logging(debug)
+    else:  # set up by the first library module that asks for a logger
+        configure_on_first_use(lambda: _setup_logging(False))
     try:
         return int(args.func(args))
     except KdumperError as e:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         print(f"kdumper: error: {e}", file=sys.stderr)
         return int(e.exit_code)
     except KeyboardInterrupt:
@@ -169,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.ERROR
     except Exception as e:  # a bug: one line, the traceback only on request
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         print(
             f"kdumper: internal error: {type(e).__name__}: {e} "
             "(run with --debug for the traceback; please report)",

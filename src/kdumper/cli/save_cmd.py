@@ -13,7 +13,7 @@ import time
 from typing import Any, TextIO
 
 from ..errors import DumpIOError, ExitCode, UsageError
-from .output import human_bytes, note, print_json
+from .output import collector_paused, human_bytes, note, print_json
 
 FORMATS = ("kdump", "elf", "flat")
 CODECS = ("none", "zlib", "lzo", "snappy", "zstd")  # kdumper.codecs.CODECS (not imported here)
@@ -165,8 +165,9 @@ def _check_args(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     """``kdumper save``."""
     codec = _check_args(args)
-    from ..collect.pipeline import SaveOptions, save
-    from ..collect.source import open_for_save
+    with collector_paused():
+        from ..collect.pipeline import SaveOptions, save
+        from ..collect.source import open_for_save
 
     progress = None if args.no_progress else ProgressPrinter()
     options = SaveOptions(

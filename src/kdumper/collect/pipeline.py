@@ -23,7 +23,6 @@ Nothing here prints: progress goes to a callback ``progress(phase, done, total)`
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import time
 from collections import deque
@@ -50,8 +49,6 @@ from ..kernel.pages import (
 )
 from .encode import BatchEncoder, Encoded, zero_flags
 from .workers import ClassifyFn, EncodeWorkers, can_fork
-
-log = logging.getLogger(__name__)
 
 FORMATS = ("kdump", "elf", "flat")
 MAX_DUMP_LEVEL = 31

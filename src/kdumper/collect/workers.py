@@ -55,6 +55,7 @@ _WINDOW = struct.Struct("<iiqqqqii")  # slot, status, cls bytes, start, unreadab
 #                                       carry class, all free
 _OK, _FAILED = 0, 1
 _PR_SET_PDEATHSIG = 1
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 Lost = npt.NDArray[np.bool_]
 
@@ -281,6 +282,7 @@ def _serve(
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the parent
         if os.getppid() == 1:  # the parent died before that
             return
+        _keep_freed_memory(libc)
     while True:
         head = _read_exact(task_r, _TASK.size)
         if head is None:
@@ -300,6 +302,19 @@ def _serve(
             _write_all(result_w, answer)
         except OSError:  # the parent is gone or closed the pipe
             return
+
+
+def _keep_freed_memory(libc: ctypes.CDLL) -> None:
+    """Have glibc keep the memory a filter window's numpy temporaries free (a few MiB).
+
+    By default glibc maps large blocks afresh and gives freed heap tops back to the kernel, and a
+    forked worker started each window by faulting them in again: ~1000 page faults a window, half
+    of its classification time (measured on a 4 GiB guest's vmcore: 16 windows over two workers,
+    30 -> 15 ms each; minor faults of the whole save 19.6 k -> 11 k). What is kept stays bounded
+    by the largest window's temporaries, whatever the dump's size.
+    """
+    libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's ceiling for it on 64-bit
+    libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
 
 
 def _classify_one(classify: ClassifyFn, start: int, stop: int, out: memoryview, slot: int) -> bytes:

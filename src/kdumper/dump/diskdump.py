@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -833,9 +833,12 @@ class KdumpWriter:
         self._desc_pos = self.desc_offset
         self._data_pos = self.data_offset + (bs if exclude_zero else 0)
         self._data_flushed = self._data_pos
+        # descriptors not written yet: single pages in the lists, batches as arrays (in order)
         self._offsets: list[int] = []
         self._sizes: list[int] = []
         self._flags: list[int] = []
+        self._desc_parts: list[npt.NDArray[np.void]] = []
+        self._pending = 0
         self._data: list[bytes] = []
         self._data_len = 0
         self.result = WriteResult(
@@ -975,7 +978,8 @@ class KdumpWriter:
             if flags == 0 and self.codec.flag:
                 self.result.raw_pages += 1
         self.result.pages += 1
-        if self._data_len >= self.flush_bytes or len(self._offsets) >= 1 << 15:
+        self._pending += 1
+        if self._data_len >= self.flush_bytes or self._pending >= 1 << 15:
             self._flush()
 
     def add_encoded_batch(
@@ -1015,9 +1019,9 @@ class KdumpWriter:
         if lost is not None and lost.any():
             offsets = np.where(lost, 0, offsets)
             self._lost += int(np.count_nonzero(lost))
-        self._offsets.extend(offsets.tolist())
-        self._sizes.extend(desc_sizes.tolist())
-        self._flags.extend(desc_flags.tolist())
+        self._seal_singles()
+        self._desc_parts.append(self._make_descs(offsets, desc_sizes, desc_flags))
+        self._pending += count
         if len(data):
             self._data.append(data)  # type: ignore[arg-type]  # joined by _flush
             self._data_pos += len(data)
@@ -1025,7 +1029,7 @@ class KdumpWriter:
         if self.codec.flag:
             self.result.raw_pages += int(np.count_nonzero(stored & (desc_flags == 0)))
         self.result.pages += count
-        if self._data_len >= self.flush_bytes or len(self._offsets) >= 1 << 15:
+        if self._data_len >= self.flush_bytes or self._pending >= 1 << 15:
             self._flush()
 
     def add_lost(self) -> None:
@@ -1035,13 +1039,25 @@ class KdumpWriter:
         self._flags.append(0)
         self._lost += 1
         self.result.pages += 1
+        self._pending += 1
+
+    def _make_descs(self, offsets: _Ints, sizes: _Ints, flags: _Ints) -> npt.NDArray[np.void]:
+        arr = np.zeros(len(offsets), dtype=self.layout.desc_dtype)
+        arr["offset"] = offsets
+        arr["size"] = sizes
+        arr["flags"] = flags
+        return arr
+
+    def _seal_singles(self) -> None:
+        """The single pages added so far become one array part (batches keep them in order)."""
+        if self._offsets:
+            self._desc_parts.append(self._make_descs(self._offsets, self._sizes, self._flags))
+            self._offsets, self._sizes, self._flags = [], [], []
 
     def _descs(self) -> npt.NDArray[np.void]:
-        arr = np.zeros(len(self._offsets), dtype=self.layout.desc_dtype)
-        arr["offset"] = self._offsets
-        arr["size"] = self._sizes
-        arr["flags"] = self._flags
-        return arr
+        self._seal_singles()
+        parts = self._desc_parts
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     @property
     def buffered(self) -> bool:
@@ -1053,7 +1069,7 @@ class KdumpWriter:
         self._flush()
 
     def _flush(self) -> None:
-        if not self._offsets:
+        if not self._pending:
             return
         descs = self._descs()
         # the collector's batches (add_encoded_batch: a few chunks of hundreds of KiB) are
@@ -1078,6 +1094,7 @@ class KdumpWriter:
         self._desc_pos += descs.nbytes
         self._data_flushed = pos
         self._offsets, self._sizes, self._flags, self._data = [], [], [], []
+        self._desc_parts, self._pending = [], 0
         self._data_len = 0
 
     def _fail(self, err: NoSpaceError, chunks: list[tuple[int, npt.NDArray[np.void], int]]) -> None:
@@ -1117,6 +1134,8 @@ class KdumpWriter:
             raise ValueError(f"the writer was given {written} pages, expected {self.expected}")
         return self.result
 
+
+_Ints = Sequence[int] | npt.NDArray[np.int64]
 
 #: at most this many buffered payload chunks are written one by one instead of joined
 _DIRECT_CHUNKS = 8

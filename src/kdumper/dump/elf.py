@@ -31,7 +31,6 @@ PT_LOAD count small. See :func:`write_elf` for virtual addresses and the kernel-
 from __future__ import annotations
 
 import contextlib
-import logging
 import struct
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
@@ -53,13 +52,12 @@ from ..errors import (
     UnknownFormatError,
     UnsupportedError,
 )
+from ..logs import get_logger
 from .arch import Arch, ByteOrder, arch_for_elf
 from .base import Dump, DumpFacts, WriteResult
 from .bitmap import Bitmap
 from .io import ByteSource, Sink
 from .notes import NT_PRSTATUS, Note, build_notes, parse_notes
-
-log = logging.getLogger(__name__)
 
 ELFMAG = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2
@@ -331,7 +329,7 @@ class ElfDump(Dump):
                 f"the file is truncated: {lost} bytes of PT_LOAD data are missing; "
                 "the pages they held read as incomplete"
             )
-            log.warning("%s: %s", self.path, self.warnings[-1])
+            get_logger(__name__).warning("%s: %s", self.path, self.warnings[-1])
 
     def _read_notes(self, idx: npt.NDArray[np.intp]) -> list[Note]:
         ph = self._phdrs

@@ -33,7 +33,6 @@ import binascii
 import contextlib
 import hashlib
 import hmac
-import logging
 import math
 import os
 import posixpath
@@ -57,9 +56,10 @@ from ...errors import (
     NoSpaceError,
     UsageError,
 )
+from ...logs import get_logger
 from .stream import CHECKSUM_TOOLS, DEFAULT_CHECKSUM, HashingPipe, checksum_line
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DEFAULT_PATH = "/var/crash"
 DEFAULT_IDENTITY = "/etc/kdumper/id_ed25519"
