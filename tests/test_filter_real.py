@@ -103,12 +103,22 @@ def test_61_same_pages_as_makedumpfile(art61: Any, tmp_path: Path, version: str)
         out.unlink()
 
 
-def test_61_d31_identical_to_the_capture_kernels_file(art61: Any, tmp_path: Path) -> None:
-    """kdumper on the raw ELF copy writes what makedumpfile 1.7.2 wrote from /proc/vmcore."""
+@pytest.mark.parametrize("early", [False, True], ids=["", "kernel image compressed at start"])
+def test_61_d31_identical_to_the_capture_kernels_file(
+    art61: Any, tmp_path: Path, early: bool
+) -> None:
+    """kdumper on the raw ELF copy writes what makedumpfile 1.7.2 wrote from /proc/vmcore
+    (also with the kernel image from the early helper, kdumper.collect.early)."""
+    from kdumper.collect.early import start_early
+
+    helper = start_early(str(art61.elf), "zlib", exclude_zero=True) if early else None
+    if early and helper is None:
+        pytest.skip("the early helper needs two CPUs")
     out = tmp_path / "d31c"
     with open_for_save(art61.elf) as dump:
-        save(dump, str(out), SaveOptions(dump_level=31, codec="zlib"))
+        res = save(dump, str(out), SaveOptions(dump_level=31, codec="zlib", early=helper))
     assert out.read_bytes() == Path(art61.makedumpfile_d31).read_bytes()
+    assert (res.early_pages > 0) == early
 
 
 @pytest.mark.oracle

@@ -10,10 +10,13 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import DumpIOError, ExitCode, UsageError
 from .output import collector_paused, human_bytes, note, print_json
+
+if TYPE_CHECKING:
+    from ..collect.early import EarlyPages
 
 FORMATS = ("kdump", "elf", "flat")
 CODECS = ("none", "zlib", "lzo", "snappy", "zstd")  # kdumper.codecs.CODECS (not imported here)
@@ -143,7 +146,7 @@ def _check_args(args: argparse.Namespace) -> str:
     if out == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a binary dump to a terminal; redirect stdout")
     if out != "-":
-        from ..collect.pipeline import split_paths
+        from ..dump.io import split_paths  # (the pipeline would import numpy this early)
 
         outs = split_paths(out, args.split) if args.split else [out]
         src = os.path.realpath(args.vmcore)
@@ -162,30 +165,46 @@ def _check_args(args: argparse.Namespace) -> str:
     return codec
 
 
+def _start_early(args: argparse.Namespace, codec: str) -> EarlyPages | None:
+    """The helper that compresses the kernel image while this process imports numpy
+    (:mod:`kdumper.collect.early`), when the save will compress in worker processes."""
+    if args.format == "elf" or codec == "none" or (args.threads is not None and args.threads < 2):
+        return None
+    from ..collect.early import start_early
+
+    return start_early(args.vmcore, codec, exclude_zero=bool(args.dump_level & 1))
+
+
 def run(args: argparse.Namespace) -> int:
     """``kdumper save``."""
     codec = _check_args(args)
-    with collector_paused():
-        from ..collect.pipeline import SaveOptions, save
-        from ..collect.source import open_for_save
+    early = _start_early(args, codec)  # before numpy: on the CPUs idle while it is imported
+    try:
+        with collector_paused():
+            from ..collect.pipeline import SaveOptions, save
+            from ..collect.source import open_for_save
 
-    progress = None if args.no_progress else ProgressPrinter()
-    options = SaveOptions(
-        dump_level=args.dump_level,
-        codec=codec,
-        format=args.format,
-        threads=args.threads,
-        split=args.split or 0,
-        overwrite=args.force,
-        progress=progress,
-    )
-    out: Any = sys.stdout.buffer if args.out == "-" else args.out
-    with open_for_save(args.vmcore) as dump:
-        try:
-            result = save(dump, out, options)
-        finally:
-            if progress is not None:
-                progress.end()
+        progress = None if args.no_progress else ProgressPrinter()
+        options = SaveOptions(
+            dump_level=args.dump_level,
+            codec=codec,
+            format=args.format,
+            threads=args.threads,
+            split=args.split or 0,
+            overwrite=args.force,
+            progress=progress,
+            early=early,
+        )
+        out: Any = sys.stdout.buffer if args.out == "-" else args.out
+        with open_for_save(args.vmcore) as dump:
+            try:
+                result = save(dump, out, options)
+            finally:
+                if progress is not None:
+                    progress.end()
+    finally:
+        if early is not None:
+            early.close()
     summary = result.summary()
     for warning in summary["warnings"]:
         note(f"warning: {warning}")

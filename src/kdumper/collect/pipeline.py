@@ -36,7 +36,7 @@ import numpy.typing as npt
 from ..codecs import Codec, get_codec
 from ..dump.base import Dump, Utsname, WriteResult
 from ..dump.bitmap import Bitmap
-from ..dump.io import create_private, fsync_stream
+from ..dump.io import create_private, fsync_stream, split_paths
 from ..errors import KdumperError, PageNotPresentError, UsageError
 from ..kernel.pages import (
     ALWAYS_EXCLUDED,
@@ -47,6 +47,7 @@ from ..kernel.pages import (
     PageClass,
     WindowClassifier,
 )
+from .early import COMPRESSED, ZERO, EarlyPages
 from .encode import BatchEncoder, Encoded, zero_flags
 from .workers import ClassifyFn, EncodeWorkers, can_fork
 
@@ -319,6 +320,7 @@ class _Engine:
         batch_pages: int,
         progress: ProgressFn | None,
         total_pages: int,
+        early: EarlyPages | None = None,
     ) -> None:
         self.dump = dump
         self.encoder = BatchEncoder(codec, dump.page_size, exclude_zero)
@@ -332,12 +334,18 @@ class _Engine:
         self.lost_pages = 0
         self.bytes_in = 0
         self._workers: EncodeWorkers | None = None
+        self.early = early if self.threads > 1 else None
+        if early is not None and self.early is None:
+            early.close()
+        self.early_pages = 0
 
     def close(self) -> None:
-        """Stop the workers (batches in flight are dropped)."""
+        """Stop the workers (batches in flight are dropped) and the early helper."""
         if self._workers is not None:
             self._workers.close()
             self._workers = None
+        if self.early is not None:
+            self.early.close()
 
     def _account(self, enc: Encoded, lost: npt.NDArray[np.bool_] | None, bytes_in: int) -> None:
         self.bytes_in += bytes_in
@@ -381,27 +389,88 @@ class _Engine:
         workers = self.start_workers()  # forked once, reused by split parts
         assert workers is not None
         held: set[int] = set()  # slots whose payload the writer still holds unwritten
+        early = self.early
+        # what goes to the writer next, in pfn order: a worker's batch (None: collected in
+        # submission order) or pages the early helper compressed. The batches after those are
+        # submitted before they are written, so the workers stay busy meanwhile.
+        ahead: deque[npt.NDArray[np.int64] | None] = deque()
 
-        def collect_one() -> None:
-            enc, lost, bytes_in, slot = workers.result()
-            writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
-            if writer.buffered:
-                held.add(slot)
-            else:
+        def write_next() -> None:
+            pfns = ahead.popleft()
+            if pfns is None:
+                enc, lost, bytes_in, slot = workers.result()
+                writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
+                if writer.buffered:
+                    held.add(slot)
+                else:
+                    held.clear()
+                self._account(enc, lost, bytes_in)
+                return
+            assert early is not None
+            enc = _early_batch(early, pfns)
+            writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, None)
+            if not writer.buffered:
                 held.clear()
-            self._account(enc, lost, bytes_in)
+            self._account(enc, None, pfns.size * self.dump.page_size)
+            self.early_pages += int(pfns.size)
 
-        for pfns in batches:
-            if workers.in_flight >= workers.slots:
-                collect_one()
+        for pfns in _around_early(batches, early):
+            if early is not None and early.first_pfn <= pfns[0] and pfns[-1] < early.done_end:
+                ahead.append(pfns)
+                continue
+            while workers.in_flight >= workers.slots:
+                write_next()
             if workers.next_slot in held:
                 writer.flush()
                 held.clear()
             workers.submit(pfns)
+            ahead.append(None)
         if last:
             workers.end_tasks()
-        while workers.in_flight:
-            collect_one()
+        while ahead:
+            write_next()
+
+
+_EARLY_ENTRY = np.dtype([("offset", "<u4"), ("size", "<u2"), ("kind", "u1"), ("pad", "u1")])
+
+
+def _around_early(
+    batches: Iterator[npt.NDArray[np.int64]], early: EarlyPages | None
+) -> Iterator[npt.NDArray[np.int64]]:
+    """``batches``, cut where the pages the early helper completed begin and end (it is stopped
+    when the first batch reaches the kernel image: until then it keeps compressing)."""
+    for pfns in batches:
+        if early is None or pfns[-1] < early.first_pfn:
+            yield pfns
+            continue
+        cuts = np.searchsorted(pfns, [early.first_pfn, early.done_end])
+        for part in np.split(pfns, cuts):
+            if part.size:
+                yield part
+
+
+def _early_batch(early: EarlyPages, pfns: npt.NDArray[np.int64]) -> Encoded:
+    """The stored form of ``pfns`` (all among the pages the early helper completed), as a
+    worker's :class:`~kdumper.collect.encode.Encoded`."""
+    table = np.frombuffer(early.entries(), _EARLY_ENTRY)[pfns - early.first_pfn]
+    kind = table["kind"]
+    if (kind == 0).any():
+        raise RuntimeError("the early helper's table has a page it did not write")
+    zero = kind == ZERO
+    sizes = np.where(zero, 0, table["size"]).astype(np.int64)
+    flags = np.where(kind == COMPRESSED, early.flag, 0).astype(np.uint32)
+    offsets = table["offset"].astype(np.int64)[~zero]
+    lengths = sizes[~zero]
+    data: bytes | memoryview = b""
+    if offsets.size:
+        payloads = early.payloads()
+        if np.array_equal(offsets[1:], offsets[:-1] + lengths[:-1]):  # back to back: a view
+            data = payloads[int(offsets[0]) : int(offsets[-1] + lengths[-1])]
+        else:  # pages in between were filtered out
+            parts = zip(offsets.tolist(), lengths.tolist(), strict=True)
+            data = b"".join(payloads[o : o + n] for o, n in parts)
+    zero_count = int(np.count_nonzero(zero))
+    return Encoded(sizes, flags, data, zero if zero_count else None, zero_count)
 
 
 @dataclass
@@ -417,6 +486,9 @@ class SaveOptions:
     overwrite: bool = False
     utsname: Utsname | None = None  # default: read from the dump (init_uts_ns)
     progress: ProgressFn | None = None
+    # the kernel image, compressed while the command started (kdumper.collect.early); save()
+    # uses what fits this dump and these options, and stops the helper
+    early: EarlyPages | None = None
 
 
 @dataclass
@@ -433,6 +505,7 @@ class SaveResult:
     bytes_in: int
     seconds: float
     page_size: int = 4096
+    early_pages: int = 0  # pages taken from the early helper's work
 
     @property
     def bytes_out(self) -> int:
@@ -470,15 +543,9 @@ class SaveResult:
             "incomplete": self.incomplete,
             "seconds": round(self.seconds, 3),
             "seconds_filter": round(f.seconds, 3),
+            "pages_compressed_at_start": self.early_pages,
             "warnings": f.warnings,
         }
-
-
-def split_paths(out: str, parts: int) -> list[str]:
-    """Part names of a split set: ``out`` with ``{}`` replaced by 1..N, else ``out.1`` ..."""
-    if "{}" in out:
-        return [out.replace("{}", str(i)) for i in range(1, parts + 1)]
-    return [f"{out}.{i}" for i in range(1, parts + 1)]
 
 
 def save(dump: Dump, out: str | BinaryIO, options: SaveOptions) -> SaveResult:
@@ -511,6 +578,7 @@ def save(dump: Dump, out: str | BinaryIO, options: SaveOptions) -> SaveResult:
         batch_pages=max(1, options.batch_pages),
         progress=options.progress,
         total_pages=0,
+        early=_usable_early(options.early, dump, codec, exclude_zero, fmt),
     )
     try:
         workers = None
@@ -563,7 +631,30 @@ def save(dump: Dump, out: str | BinaryIO, options: SaveOptions) -> SaveResult:
         bytes_in=engine.bytes_in,
         seconds=time.monotonic() - started,
         page_size=dump.page_size,
+        early_pages=engine.early_pages,
     )
+
+
+def _usable_early(
+    early: EarlyPages | None, dump: Dump, codec: Codec, exclude_zero: bool, fmt: str
+) -> EarlyPages | None:
+    """``early`` when its pages are this save's pages (same file offsets as this dump reads
+    them from, same codec and zero rule), else None (and the helper is stopped)."""
+    if early is None:
+        return None
+    run_offset = getattr(dump, "page_run_offset", None)
+    if (
+        fmt != "elf"
+        and early.codec == codec.name
+        and early.flag == codec.flag
+        and early.exclude_zero == exclude_zero
+        and early.page_size == dump.page_size
+        and run_offset is not None
+        and run_offset(early.first_pfn, early.npages) == early.file_offset
+    ):
+        return early
+    early.close()
+    return None
 
 
 def _utsname(dump: Dump) -> Utsname | None:

@@ -518,13 +518,21 @@ class ElfDump(Dump):
 
     def read_pages_into(self, pfn: int, count: int, out: memoryview) -> None:
         """As :meth:`read_pages`, into ``out``: one copy when one segment holds them all."""
+        at = self.page_run_offset(pfn, count)
+        if at is not None:
+            self.source.pread_into(at, out)
+        else:
+            out[:] = self.read_pages(pfn, count)
+
+    def page_run_offset(self, pfn: int, count: int) -> int | None:
+        """The file offset that :meth:`read_pages_into` reads pages ``pfn`` .. ``pfn + count``
+        from, when one segment holds them all in the file; else None."""
         ps = self.page_size
         addr, end = pfn * ps, (pfn + count) * ps
         i = bisect_right(self._l_start, addr) - 1
         if i >= 0 and end <= self._l_have_end[i]:
-            self.source.pread_into(self._l_offset[i] + addr - self._l_start[i], out)
-        else:
-            out[:] = self.read_pages(pfn, count)
+            return self._l_offset[i] + addr - self._l_start[i]
+        return None
 
     def vaddr_regions(self) -> list[tuple[int, int, int | None]]:
         """``(start_pfn, end_pfn, vaddr - paddr or None)`` per RAM segment, ascending."""

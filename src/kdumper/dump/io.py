@@ -293,3 +293,10 @@ def fsync_stream(stream: BinaryIO, path: str) -> None:
         os.fsync(stream.fileno())
     except OSError as e:
         raise os_error(e, path, "fsync failed") from None
+
+
+def split_paths(out: str, parts: int) -> list[str]:
+    """Part names of a split set: ``out`` with ``{}`` replaced by 1..N, else ``out.1`` ..."""
+    if "{}" in out:
+        return [out.replace("{}", str(i)) for i in range(1, parts + 1)]
+    return [f"{out}.{i}" for i in range(1, parts + 1)]
