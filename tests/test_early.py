@@ -169,7 +169,7 @@ def test_the_helpers_pages_are_the_workers_pages(
             np.sort(rng.choice(np.arange(first, first + count), 50, replace=False)),
         ]
         for pfns in subsets:
-            got = _early_batch(early, pfns.astype(np.int64))
+            got, _end = _early_batch(early, pfns.astype(np.int64))
             want = encoder.encode(b"".join(ram[p * PAGE : (p + 1) * PAGE] for p in pfns.tolist()))
             assert got.sizes.tolist() == want.sizes.tolist()
             assert got.flags.tolist() == want.flags.tolist()
@@ -293,3 +293,28 @@ def test_the_command_compresses_the_image_at_start(synth: tuple[Path, Any], tmp_
 
     assert run()["pages_compressed_at_start"] == info.kernel_size // PAGE
     assert run("--threads", "1")["pages_compressed_at_start"] == 0
+
+
+@needs_two_cpus
+def test_the_helper_stops_when_its_payload_room_is_full(
+    synth: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The payloads it may keep are bounded (the parent's RSS grows by what it writes from
+    them); what did not fit goes to the workers."""
+    path, _info = synth
+    _save(path, tmp_path / "plain", codec="lzo")
+    monkeypatch.setattr(early_mod, "MAX_PAYLOAD", 100 * PAGE)
+    early = start_early(str(path), "lzo", exclude_zero=True)
+    assert early is not None
+    deadline = time.monotonic() + 30
+    while early_mod._COUNT.unpack_from(early._map, 0)[0] == 0:  # it stops on its own
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(0.2)
+    done = early.stop()
+    assert 0 < done < early.npages
+    assert len(early.payloads()) < 101 * PAGE + 4096
+    res = _save(path, tmp_path / "early", codec="lzo", early=early)
+    assert res.early_pages == done
+    assert (tmp_path / "early").read_bytes() == (tmp_path / "plain").read_bytes()
+    assert _no_children()

@@ -38,6 +38,9 @@ NOT_PADDR = (1 << 64) - 1
 KERNEL_TEXT = (0xFFFFFFFF80000000, 0xFFFFFFFFC0000000)
 #: at most this many pages of image (128 MiB: Debian's kernels are ~40 MiB with bss)
 MAX_PAGES = 1 << 15
+#: at most this much stored payload (the parent maps what it writes: its peak RSS grows by as
+#: much; a Debian kernel's image is ~20 MiB once compressed)
+MAX_PAYLOAD = 24 << 20
 PAGE_SIZE = 4096
 
 # table entry kinds (0: not written)
@@ -123,6 +126,7 @@ class EarlyPages:
         self.flag = codec.flag
         self.exclude_zero = exclude_zero
         self._done: int | None = None
+        self._released = 0  # payload bytes this process has unmapped (see release)
 
     def stop(self) -> int:
         """Stop the helper (SIGSTOP: it is frozen, not gone) and return how many pages it
@@ -152,6 +156,17 @@ class EarlyPages:
     def payloads(self) -> memoryview:
         """The payload area (table offsets are relative to it)."""
         return memoryview(self._map)[_data_at(self.npages) :]
+
+    def release(self, end: int) -> None:
+        """This process is done with the payloads before offset ``end``: unmap them here (they
+        stay in the shared memory, the helper holds them), so that the parent's RSS does not
+        grow by every payload it wrote."""
+        start = self._released
+        stop = end // PAGE_SIZE * PAGE_SIZE
+        if stop > start:
+            with contextlib.suppress(OSError, ValueError):
+                self._map.madvise(mmap.MADV_DONTNEED, _data_at(self.npages) + start, stop - start)
+            self._released = stop
 
     def close(self) -> None:
         """Stop the helper and release the mapping (views handed out must be released first).
@@ -188,7 +203,8 @@ def _data_at(npages: int) -> int:
     return -(-(_COUNT.size + ENTRY.size * npages) // PAGE_SIZE) * PAGE_SIZE
 
 
-def _cpus() -> int:
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -200,7 +216,7 @@ def start_early(path: str, codec_name: str, *, exclude_zero: bool) -> EarlyPages
     it cannot help: one CPU, no compression, not an x86_64 ELF vmcore, any error on the way
     (the collector then compresses every page itself)."""
     _reap()
-    if codec_name == "none" or _cpus() < 2 or not hasattr(os, "fork"):
+    if codec_name == "none" or usable_cpus() < 2 or not hasattr(os, "fork"):
         return None
     try:
         codec = get_codec(codec_name)
@@ -212,12 +228,13 @@ def start_early(path: str, codec_name: str, *, exclude_zero: bool) -> EarlyPages
         plan = kernel_image_plan(fd)
         if plan is None:
             return None
-        length = _data_at(plan.npages) + plan.npages * PAGE_SIZE + stored_bound(PAGE_SIZE)
+        room = min(plan.npages * PAGE_SIZE, MAX_PAYLOAD)
+        length = _data_at(plan.npages) + room + stored_bound(PAGE_SIZE)
         mapping = mmap.mmap(-1, length, flags=mmap.MAP_SHARED)
         pid = os.fork()
         if pid == 0:  # the helper: never returns
             try:
-                _serve(fd, plan, codec, exclude_zero, mapping)
+                _serve(fd, plan, codec, exclude_zero, mapping, room)
             finally:
                 os._exit(0)
         return EarlyPages(pid, mapping, plan, codec, exclude_zero)
@@ -227,8 +244,11 @@ def start_early(path: str, codec_name: str, *, exclude_zero: bool) -> EarlyPages
         os.close(fd)
 
 
-def _serve(fd: int, plan: ImagePlan, codec: Codec, exclude_zero: bool, mapping: mmap.mmap) -> None:
-    """The helper's life: encode the image's pages in order until done (or killed)."""
+def _serve(
+    fd: int, plan: ImagePlan, codec: Codec, exclude_zero: bool, mapping: mmap.mmap, room: int
+) -> None:
+    """The helper's life: encode the image's pages in order until done, out of ``room`` for
+    payloads, or killed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -248,6 +268,8 @@ def _serve(fd: int, plan: ImagePlan, codec: Codec, exclude_zero: bool, mapping: 
     pos = done = 0
     while done < plan.npages:
         count = min(_CHUNK, plan.npages - done)
+        if pos + count * ps > room:  # a chunk stores at most its pages raw
+            break
         try:
             got = os.preadv(fd, [view[: count * ps]], plan.file_offset + done * ps)
         except OSError:

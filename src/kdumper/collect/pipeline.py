@@ -12,7 +12,9 @@ machine's RAM (beyond pfn bitmaps of one bit per page: 32 MiB per TiB):
    reused buffer, its zero pages found with numpy and the rest compressed; with more than one
    CPU, forked worker processes do that (:mod:`kdumper.collect.workers`: no GIL, payloads in
    shared memory), a bounded number of batches in flight, and the parent hands the results to
-   the writer strictly in pfn order.
+   the writer strictly in pfn order. The kernel image's pages may already be compressed:
+   ``kdumper save`` starts a helper before it imports numpy (:mod:`kdumper.collect.early`);
+   the writer takes the pages it finished from it, in their place in the order.
 
 :func:`mem_usage` is ``makedumpfile --mem-usage``: the same classification, counted per class
 and per dump level, with zero pages found from the page contents.
@@ -47,7 +49,7 @@ from ..kernel.pages import (
     PageClass,
     WindowClassifier,
 )
-from .early import COMPRESSED, ZERO, EarlyPages
+from .early import COMPRESSED, ZERO, EarlyPages, usable_cpus
 from .encode import BatchEncoder, Encoded, zero_flags
 from .workers import ClassifyFn, EncodeWorkers, can_fork
 
@@ -74,12 +76,7 @@ SINGLE_THREAD_CODECS = frozenset({"none"})
 def default_threads(codec: str = "zlib") -> int:
     """Compression workers by default: the CPUs this process may run on (one, i.e. in-process,
     for the codecs that do not gain from workers, :data:`SINGLE_THREAD_CODECS`)."""
-    if codec in SINGLE_THREAD_CODECS:
-        return 1
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return 1 if codec in SINGLE_THREAD_CODECS else usable_cpus()
 
 
 # ---- pass 1: classification -------------------------------------------------------------------
@@ -407,10 +404,11 @@ class _Engine:
                 self._account(enc, lost, bytes_in)
                 return
             assert early is not None
-            enc = _early_batch(early, pfns)
+            enc, end = _early_batch(early, pfns)
             writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, None)
-            if not writer.buffered:
-                held.clear()
+            writer.flush()  # written now, so this process can let go of those payloads
+            held.clear()
+            early.release(end)
             self._account(enc, None, pfns.size * self.dump.page_size)
             self.early_pages += int(pfns.size)
 
@@ -449,9 +447,9 @@ def _around_early(
                 yield part
 
 
-def _early_batch(early: EarlyPages, pfns: npt.NDArray[np.int64]) -> Encoded:
+def _early_batch(early: EarlyPages, pfns: npt.NDArray[np.int64]) -> tuple[Encoded, int]:
     """The stored form of ``pfns`` (all among the pages the early helper completed), as a
-    worker's :class:`~kdumper.collect.encode.Encoded`."""
+    worker's :class:`~kdumper.collect.encode.Encoded`, and where their payloads end."""
     table = np.frombuffer(early.entries(), _EARLY_ENTRY)[pfns - early.first_pfn]
     kind = table["kind"]
     if (kind == 0).any():
@@ -462,15 +460,17 @@ def _early_batch(early: EarlyPages, pfns: npt.NDArray[np.int64]) -> Encoded:
     offsets = table["offset"].astype(np.int64)[~zero]
     lengths = sizes[~zero]
     data: bytes | memoryview = b""
+    end = 0
     if offsets.size:
+        end = int(offsets[-1] + lengths[-1])
         payloads = early.payloads()
         if np.array_equal(offsets[1:], offsets[:-1] + lengths[:-1]):  # back to back: a view
-            data = payloads[int(offsets[0]) : int(offsets[-1] + lengths[-1])]
+            data = payloads[int(offsets[0]) : end]
         else:  # pages in between were filtered out
             parts = zip(offsets.tolist(), lengths.tolist(), strict=True)
             data = b"".join(payloads[o : o + n] for o, n in parts)
     zero_count = int(np.count_nonzero(zero))
-    return Encoded(sizes, flags, data, zero if zero_count else None, zero_count)
+    return Encoded(sizes, flags, data, zero if zero_count else None, zero_count), end
 
 
 @dataclass
