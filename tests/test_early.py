@@ -24,6 +24,8 @@ from kdumper.collect.pipeline import SaveOptions, _early_batch, save
 from kdumper.collect.source import open_for_save
 from kdumper.dump.open import open_dump
 from tests.elf_helpers import KERNEL_MAP, Load, pack_elf, page_pattern
+from tests.test_workers import _codec_or_skip
+from tests.test_workers import _save as save_with
 
 PAGE = 4096
 CODECS = ["lzo", "zlib", "zstd", "snappy"]
@@ -62,13 +64,6 @@ def _image_elf(path: Path, *, machine: int = 62, text: int = 1, cut: int = 0) ->
     data = pack_elf(loads, machine=machine)
     path.write_bytes(data[: len(data) - cut] if cut else data)
     return path
-
-
-def _codec_or_skip(codec: str) -> None:
-    try:
-        get_codec(codec).available()
-    except kdumper.errors.MissingDependencyError:
-        pytest.skip(f"{codec} library missing")
 
 
 def _finished(early: EarlyPages, timeout: float = 30) -> EarlyPages:
@@ -191,8 +186,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 
 def _save(path: Path, out: Path, **opts: Any) -> Any:
-    with open_for_save(path) as dump:
-        return save(dump, str(out), SaveOptions(threads=2, **opts))
+    return save_with(path, out, **{"threads": 2, **opts})
 
 
 @needs_two_cpus
