@@ -80,7 +80,6 @@ def _no_children(timeout: float = 5) -> bool:
     """No child process of this one is left (the killed helpers reaped once they are gone)."""
     deadline = time.monotonic() + timeout
     while True:
-        early_mod._reap()
         try:
             os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
