@@ -1123,38 +1123,6 @@ def boot_cycle(
     :class:`HarnessError`. A cycle the emulator spoiled (:func:`emulator_flake`) is run once
     more on fresh disks, in ``workdir/again`` (its timings say ``emulator_retries``).
     """
-    params = {k: v for k, v in locals().items() if k not in ("image", "workdir")}
-    result = _boot_cycle_once(image, workdir, **params)
-    if emulator_flake(result) is None:
-        return result
-    again = _boot_cycle_once(image, result.workdir / "again", **params)
-    again.timings["emulator_retries"] = 1
-    return again
-
-
-def _boot_cycle_once(
-    image: RootfsImage,
-    workdir: Path | None = None,
-    *,
-    config: str | None = None,
-    target: str = "local",
-    crash: str = "sysrq",
-    mem: str | int = "1G",
-    crashkernel: str = DEFAULT_CRASHKERNEL,
-    smp: int = 2,
-    accel: str = "auto",
-    timeout: float = 900.0,
-    append: str = "",
-    extra_qemu_args: Sequence[str] = (),
-    repo: Path = REPO_ROOT,
-    keep_disks: bool = False,
-    crash_delay: float = 2.0,
-    dump_disk_mib: int | None = None,
-    kill_capture_kib: int | None = None,
-    dump_seed: Path | None = None,
-    extra_files: Mapping[str, tuple[str | bytes, int]] | None = None,
-) -> CycleResult:
-    """One :func:`boot_cycle`."""
     if target not in TARGETS:
         raise HarnessError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if crash not in CRASHES:
@@ -1163,160 +1131,169 @@ def _boot_cycle_once(
     if workdir is None:
         workdir = cache_dir("rootfs-runs") / f"{image.release}-{target}-{crash}"
         shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True, exist_ok=True)
     if config is None:
         if target not in DEFAULT_CONFIGS:
             raise HarnessError(f"the {target} target needs a config (no default)")
         config = DEFAULT_CONFIGS[target]
-    timings: dict[str, float] = {}
 
-    t = time.monotonic()
-    root_img, overlay = make_root_disk(
-        image,
-        workdir / "root.img",
-        config=config,
-        plan=_plan(crash, crash_delay, kill_capture_kib),
-        repo=repo,
-        extra_files=extra_files,
-        network=target == "ssh",
-    )
-    timings["root_disk"] = round(time.monotonic() - t, 3)
-    t = time.monotonic()
-    dump_img = make_ext4_image(
-        workdir / "dump.img",
-        dump_disk_mib or max(1024, mem_mib * 3 // 2 + 256),
-        label="kdcrash",
-        source_dir=dump_seed,
-    )
-    raw_img = workdir / "raw.img"
-    with raw_img.open("wb") as f:
-        f.truncate((mem_mib + 256) * 1024 * 1024)
-    timings["dump_disks"] = round(time.monotonic() - t, 3)
+    def once(workdir: Path) -> CycleResult:
+        workdir.mkdir(parents=True, exist_ok=True)
+        timings: dict[str, float] = {}
 
-    cmdline = " ".join(
-        p
-        for p in (
-            f"root={ROOT_DEV} rw console=ttyS0",
-            f"crashkernel={crashkernel}",
-            "panic=5",
-            append,
+        t = time.monotonic()
+        root_img, overlay = make_root_disk(
+            image,
+            workdir / "root.img",
+            config=config,
+            plan=_plan(crash, crash_delay, kill_capture_kib),
+            repo=repo,
+            extra_files=extra_files,
+            network=target == "ssh",
         )
-        if p
-    )
-    qemu_config = QemuConfig(
-        kernel=image.vmlinuz,
-        initrd=image.initrd,
-        append=cmdline,
-        mem_mib=mem_mib,
-        smp=smp,
-        disks=(Disk(root_img), Disk(dump_img), Disk(raw_img)),
-        accel=resolve_accel(accel, image),
-        extra_args=tuple(extra_qemu_args),
-        no_reboot=False,
-    )
-    serial_log = workdir / "serial.log"
-    stalls: list[str] = []
-    while True:
-        problems: list[str] = []
-        stalled = False
-        with QemuVM(qemu_config, workdir / ".qemu", serial_log=serial_log) as vm:
-            deadline = time.monotonic() + timeout
-            try:
-                _drive(vm, crash, deadline, problems)
-            except GuestStalledError as exc:  # hung before the first boot was ready
-                stalled = len(stalls) < FIRST_BOOT_RETRIES
-                (stalls if stalled else problems).append(str(exc))
-            except HarnessError as exc:
-                problems.append(str(exc))
+        timings["root_disk"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
+        dump_img = make_ext4_image(
+            workdir / "dump.img",
+            dump_disk_mib or max(1024, mem_mib * 3 // 2 + 256),
+            label="kdcrash",
+            source_dir=dump_seed,
+        )
+        raw_img = workdir / "raw.img"
+        with raw_img.open("wb") as f:
+            f.truncate((mem_mib + 256) * 1024 * 1024)
+        timings["dump_disks"] = round(time.monotonic() - t, 3)
+
+        cmdline = " ".join(
+            p
+            for p in (
+                f"root={ROOT_DEV} rw console=ttyS0",
+                f"crashkernel={crashkernel}",
+                "panic=5",
+                append,
+            )
+            if p
+        )
+        qemu_config = QemuConfig(
+            kernel=image.vmlinuz,
+            initrd=image.initrd,
+            append=cmdline,
+            mem_mib=mem_mib,
+            smp=smp,
+            disks=(Disk(root_img), Disk(dump_img), Disk(raw_img)),
+            accel=resolve_accel(accel, image),
+            extra_args=tuple(extra_qemu_args),
+            no_reboot=False,
+        )
+        serial_log = workdir / "serial.log"
+        stalls: list[str] = []
+        while True:
+            problems: list[str] = []
+            stalled = False
+            with QemuVM(qemu_config, workdir / ".qemu", serial_log=serial_log) as vm:
+                deadline = time.monotonic() + timeout
+                try:
+                    _drive(vm, crash, deadline, problems)
+                except GuestStalledError as exc:  # hung before the first boot was ready
+                    stalled = len(stalls) < FIRST_BOOT_RETRIES
+                    (stalls if stalled else problems).append(str(exc))
+                except HarnessError as exc:
+                    problems.append(str(exc))
+                if not stalled:
+                    exit_code, exit_time = _finish(vm, problems)
+                    lines = list(vm.lines)
+                    used_accel = vm.accel
             if not stalled:
-                exit_code, exit_time = _finish(vm, problems)
-                lines = list(vm.lines)
-                used_accel = vm.accel
-        if not stalled:
-            break
-        # nothing of the cycle happened yet (no crash): boot the same disks again
-        serial_log.replace(workdir / f"serial-stalled-{len(stalls)}.log")
-    if stalls:
-        timings["first_boot_retries"] = len(stalls)
-    timings.update(cycle_timings(lines, exit_time))
+                break
+            # nothing of the cycle happened yet (no crash): boot the same disks again
+            serial_log.replace(workdir / f"serial-stalled-{len(stalls)}.log")
+        if stalls:
+            timings["first_boot_retries"] = len(stalls)
+        timings.update(cycle_timings(lines, exit_time))
 
-    markers = parse_markers(lines)
-    boots = parse_boots(lines)
-    names = [m.name for m in markers]
-    ready_markers = [m for m in markers if m.name == "ready"]
-    crashed = crash_time(lines)
-    capture_booted = crashed is not None and any(b.capture and b.time >= crashed for b in boots)
-    start = next((m for m in markers if m.name == "capture-start"), None)
-    memory = {
-        k: int(v)
-        for k, v in (start.fields if start else {}).items()
-        if k in ("mem_total_kb", "mem_available_kb") and v.isdigit()
-    }
+        markers = parse_markers(lines)
+        boots = parse_boots(lines)
+        names = [m.name for m in markers]
+        ready_markers = [m for m in markers if m.name == "ready"]
+        crashed = crash_time(lines)
+        capture_booted = crashed is not None and any(b.capture and b.time >= crashed for b in boots)
+        start = next((m for m in markers if m.name == "capture-start"), None)
+        memory = {
+            k: int(v)
+            for k, v in (start.fields if start else {}).items()
+            if k in ("mem_total_kb", "mem_available_kb") and v.isdigit()
+        }
 
-    section = capture_section(lines)
-    capture_log: Path | None = None
-    if section:
-        capture_log = workdir / "capture-console.log"
-        capture_log.write_text("".join(f"[{x.time:9.3f}] {x.text}\n" for x in section))
+        section = capture_section(lines)
+        capture_log: Path | None = None
+        if section:
+            capture_log = workdir / "capture-console.log"
+            capture_log.write_text("".join(f"[{x.time:9.3f}] {x.text}\n" for x in section))
 
-    t = time.monotonic()
-    dump_dir: Path | None = None
-    dump_files: list[str] = []
-    try:
-        dump_dir = extract_tree(dump_img, "/", workdir / "crash")
-        dump_files = sorted(
-            p.relative_to(dump_dir).as_posix() for p in dump_dir.rglob("*") if p.is_file()
+        t = time.monotonic()
+        dump_dir: Path | None = None
+        dump_files: list[str] = []
+        try:
+            dump_dir = extract_tree(dump_img, "/", workdir / "crash")
+            dump_files = sorted(
+                p.relative_to(dump_dir).as_posix() for p in dump_dir.rglob("*") if p.is_file()
+            )
+        except HarnessError as exc:
+            problems.append(f"reading the dump disk: {exc}")
+        guest_state: Path | None = None
+        status: dict[str, Any] | None = None
+        try:
+            guest_state = extract_tree(root_img, "/var/lib/kdguest", workdir)
+            status = _last_status(guest_state)
+        except HarnessError as exc:
+            problems.append(f"reading the guest's state: {exc}")
+        timings["extract"] = round(time.monotonic() - t, 3)
+
+        result = CycleResult(
+            workdir=workdir,
+            serial_log=serial_log,
+            kernel_release=image.release,
+            crash=crash,
+            target=target,
+            accel=used_accel,
+            boots=boots,
+            markers=markers,
+            ready=bool(ready_markers),
+            armed=bool(ready_markers) and ready_markers[0].fields.get("loaded") == "1",
+            crashed=crashed is not None,
+            capture_kernel_booted=capture_booted,
+            capture_started=start is not None,
+            back="back" in names,
+            powered_off=exit_code == 0 and "poweroff" in names,
+            dump_dir=dump_dir,
+            dump_files=dump_files,
+            raw_disk=raw_img if raw_img.exists() else None,
+            guest_state=guest_state,
+            status=status,
+            capture_memory_kb=memory,
+            capture_troubles=capture_troubles(lines),
+            capture_log=capture_log,
+            timings=timings,
+            problems=problems,
+            config=config,
+            overlay=overlay,
+            kill_capture=kill_capture_kib is not None,
         )
-    except HarnessError as exc:
-        problems.append(f"reading the dump disk: {exc}")
-    guest_state: Path | None = None
-    status: dict[str, Any] | None = None
-    try:
-        guest_state = extract_tree(root_img, "/var/lib/kdguest", workdir)
-        status = _last_status(guest_state)
-    except HarnessError as exc:
-        problems.append(f"reading the guest's state: {exc}")
-    timings["extract"] = round(time.monotonic() - t, 3)
+        _check(result)
+        if result.ok and not keep_disks:
+            root_img.unlink(missing_ok=True)
+            dump_img.unlink(missing_ok=True)
+            if target != "raw":
+                raw_img.unlink(missing_ok=True)
+                result.raw_disk = None
+        (workdir / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        return result
 
-    result = CycleResult(
-        workdir=workdir,
-        serial_log=serial_log,
-        kernel_release=image.release,
-        crash=crash,
-        target=target,
-        accel=used_accel,
-        boots=boots,
-        markers=markers,
-        ready=bool(ready_markers),
-        armed=bool(ready_markers) and ready_markers[0].fields.get("loaded") == "1",
-        crashed=crashed is not None,
-        capture_kernel_booted=capture_booted,
-        capture_started=start is not None,
-        back="back" in names,
-        powered_off=exit_code == 0 and "poweroff" in names,
-        dump_dir=dump_dir,
-        dump_files=dump_files,
-        raw_disk=raw_img if raw_img.exists() else None,
-        guest_state=guest_state,
-        status=status,
-        capture_memory_kb=memory,
-        capture_troubles=capture_troubles(lines),
-        capture_log=capture_log,
-        timings=timings,
-        problems=problems,
-        config=config,
-        overlay=overlay,
-        kill_capture=kill_capture_kib is not None,
-    )
-    _check(result)
-    if result.ok and not keep_disks:
-        root_img.unlink(missing_ok=True)
-        dump_img.unlink(missing_ok=True)
-        if target != "raw":
-            raw_img.unlink(missing_ok=True)
-            result.raw_disk = None
-    (workdir / "result.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    return result
+    result = once(workdir)
+    if emulator_flake(result) is None:
+        return result
+    again = once(workdir / "again")
+    again.timings["emulator_retries"] = 1
+    return again
 
 
 def _drive(vm: QemuVM, crash: str, deadline: float, problems: list[str]) -> None:
