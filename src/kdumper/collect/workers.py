@@ -310,7 +310,7 @@ def _keep_freed_memory(libc: ctypes.CDLL) -> None:
     By default glibc maps large blocks afresh and gives freed heap tops back to the kernel, and a
     forked worker started each window by faulting them in again: ~1000 page faults a window, half
     of its classification time (measured on a 4 GiB guest's vmcore: 16 windows over two workers,
-    30 -> 15 ms each; minor faults of the whole save 19.6 k -> 11 k). What is kept stays bounded
+    30 -> 14 ms each; minor faults of the whole save 19.6 k -> 14.7 k). What is kept stays bounded
     by the largest window's temporaries, whatever the dump's size.
     """
     libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's ceiling for it on 64-bit
