@@ -46,7 +46,24 @@ PAGE_SIZE = 4096
 
 # table entry kinds (0: not written)
 RAW, COMPRESSED, ZERO = 1, 2, 3
-ENTRY = struct.Struct("<IHBx")  # payload offset, stored size, kind
+#: a table entry: payload offset, stored size, kind (struct codes, little endian, then a pad
+#: byte); the collector reads the table with the numpy dtype of :func:`entry_fields`
+ENTRY_FIELDS = (("offset", "I"), ("size", "H"), ("kind", "B"))
+ENTRY = struct.Struct("<" + "".join(code for _name, code in ENTRY_FIELDS) + "x")
+
+
+def entry_fields() -> tuple[list[str], list[str], list[int]]:
+    """Names, formats (``<I`` ...) and offsets of :data:`ENTRY`'s fields, for a numpy dtype."""
+    names, formats, offsets = [], [], []
+    prefix = "<"
+    for name, code in ENTRY_FIELDS:
+        names.append(name)
+        formats.append("<" + code)
+        offsets.append(struct.calcsize(prefix))
+        prefix += code
+    return names, formats, offsets
+
+
 _COUNT = struct.Struct("<Q")  # at offset 0: pages complete
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")

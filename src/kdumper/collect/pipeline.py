@@ -49,7 +49,7 @@ from ..kernel.pages import (
     PageClass,
     WindowClassifier,
 )
-from .early import COMPRESSED, ZERO, EarlyPages, usable_cpus
+from .early import COMPRESSED, ENTRY, ZERO, EarlyPages, entry_fields, usable_cpus
 from .encode import BatchEncoder, Encoded, zero_flags
 from .workers import ClassifyFn, EncodeWorkers, can_fork
 
@@ -429,7 +429,10 @@ class _Engine:
             write_next()
 
 
-_EARLY_ENTRY = np.dtype([("offset", "<u4"), ("size", "<u2"), ("kind", "u1"), ("pad", "u1")])
+_names, _formats, _offsets = entry_fields()
+_EARLY_ENTRY = np.dtype(
+    {"names": _names, "formats": _formats, "offsets": _offsets, "itemsize": ENTRY.size}
+)
 
 
 def _around_early(
