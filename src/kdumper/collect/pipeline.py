@@ -466,6 +466,7 @@ def _early_batch(early: EarlyPages, pfns: npt.NDArray[np.int64]) -> tuple[Encode
     end = 0
     if offsets.size:
         end = int(offsets[-1] + lengths[-1])
+        early.map_in(int(offsets[0]), end)
         payloads = early.payloads()
         if np.array_equal(offsets[1:], offsets[:-1] + lengths[:-1]):  # back to back: a view
             data = payloads[int(offsets[0]) : end]
