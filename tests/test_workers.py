@@ -325,13 +325,14 @@ class _FakeDump:
 
     def __init__(self, windows: int) -> None:
         from kdumper.dump.bitmap import Bitmap
+        from kdumper.kernel.pages import WINDOW_PFNS
 
-        self.max_pfn = windows << 16
+        self.max_pfn = windows * WINDOW_PFNS
         self.present = Bitmap.from_bool(np.ones(self.max_pfn, np.bool_))
 
 
 class _FakeClassifier:
-    """Window 1 holds a 1 GiB user hugetlb page (order 18: it covers windows 1-4); the windows
+    """Window 1 holds a user hugetlb page four windows long (it covers windows 1-4); the windows
     it covers hold pages that would be free or user on their own; every window has a user page
     at 5 and a buddy block of order 3 at 64."""
 
@@ -342,6 +343,7 @@ class _FakeClassifier:
         self.layout = SimpleNamespace(max_order=11)
 
     def features(self, start: int, stop: int, present: Any, *, skip_free: bool = False) -> Any:
+        from kdumper.kernel.pages import WINDOW_PFNS
         from tests.test_pages import _mask, make_features
 
         n = stop - start
@@ -349,8 +351,8 @@ class _FakeClassifier:
         buddy_order = np.zeros(n, np.int64)
         buddy_order[64] = 3
         user = _mask(n, 5)
-        if start == 1 << 16:
-            order[0] = 18
+        if start == WINDOW_PFNS:
+            order[0] = WINDOW_PFNS.bit_length() + 1  # four windows
             user[0] = True
         return make_features(n, start, user=user, buddy=_mask(n, 64), buddy_order=buddy_order,
                              order=order)  # fmt: skip

@@ -528,11 +528,23 @@ class ElfDump(Dump):
         """The file offset that :meth:`read_pages_into` reads pages ``pfn`` .. ``pfn + count``
         from, when one segment holds them all in the file; else None."""
         ps = self.page_size
-        addr, end = pfn * ps, (pfn + count) * ps
-        i = bisect_right(self._l_start, addr) - 1
-        if i >= 0 and end <= self._l_have_end[i]:
-            return self._l_offset[i] + addr - self._l_start[i]
+        return self.phys_offset(pfn * ps, count * ps)
+
+    def phys_offset(self, paddr: int, size: int) -> int | None:
+        """The file offset of the ``size`` bytes at physical ``paddr``, when one segment holds
+        them all in the file; else None."""
+        i = bisect_right(self._l_start, paddr) - 1
+        if i >= 0 and paddr + size <= self._l_have_end[i]:
+            return self._l_offset[i] + paddr - self._l_start[i]
         return None
+
+    def read_phys_into(self, paddr: int, out: memoryview) -> None:
+        """As :meth:`read_phys`, into ``out``: one copy when one segment holds the range."""
+        at = self.phys_offset(paddr, len(out))
+        if at is not None:
+            self.source.pread_into(at, out)
+        else:
+            out[:] = self.read_phys(paddr, len(out))
 
     def vaddr_regions(self) -> list[tuple[int, int, int | None]]:
         """``(start_pfn, end_pfn, vaddr - paddr or None)`` per RAM segment, ascending."""

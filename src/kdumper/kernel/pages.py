@@ -30,10 +30,12 @@ from ..dump.vmcoreinfo import VmcoreInfo
 from ..errors import KdumperError, UnsupportedError
 from .memory import KernelMemory, kernel_memory
 
-# 64 Ki pfns = 256 MiB of RAM = 4 MiB of struct page per window: large reads, bounded memory.
+# 32 Ki pfns = 128 MiB of RAM = 2 MiB of struct page per window: large reads, bounded memory,
+# and the window's arrays small enough to stay in a CPU's cache (a worker's half of a 4 GiB
+# guest's classification: 16-21 ms with 64 Ki pfns, 13.4 ms with 32 Ki, no better with 16 Ki).
 # A multiple of makedumpfile's PGMM_CACHED (512), so "a compound head is never the last struct
 # page of a batch" holds here too.
-WINDOW_PFNS = 1 << 16
+WINDOW_PFNS = 1 << 15
 _SECTION_MARKED_PRESENT = 1
 _PAGE_MAPPING_ANON = 1
 # Newest kernel whose struct page rules were checked here (makedumpfile's LATEST_VERSION is 7.0;
@@ -347,6 +349,11 @@ class MemMap:
         self.read_phys: ReadPhys = read_phys or bulk_reader(dump)
         # scattered small reads (free block heads) in one call when the dump is read directly
         self._read_many = dump.read_phys_many if read_phys is None else None
+        # and the runs of struct pages straight into the window's array, when the format can
+        # (an ELF vmcore: a copy less of the whole mem_map, ~8 ms of 45 on a 4 GiB guest's)
+        self._read_into: Callable[[int, memoryview], None] | None = (
+            getattr(dump, "read_phys_into", None) if read_phys is None else None
+        )
         root = info.symbol("mem_section")
         bits = info.number("SECTION_SIZE_BITS")
         sec_size = info.size("mem_section")
@@ -509,10 +516,16 @@ class MemMap:
                     pieces.append((pos, paddr, n))
             pos += n
             vaddr += n
+        into = self._read_into
+        view = buf.data if into is not None else None
         for bpos, paddr, n in pieces:
             try:
-                buf[bpos : bpos + n] = np.frombuffer(self.read_phys(paddr, n), np.uint8)
+                if into is not None and view is not None:
+                    into(paddr, view[bpos : bpos + n])
+                else:
+                    buf[bpos : bpos + n] = np.frombuffer(self.read_phys(paddr, n), np.uint8)
             except KdumperError:
+                buf[bpos : bpos + n] = 0  # (a read that failed midway may have filled a part)
                 continue  # these pfns stay unreadable: kept
             lo = -(-bpos // size)
             hi = (bpos + n) // size
