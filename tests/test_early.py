@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -18,10 +19,12 @@ import pytest
 import kdumper.errors
 from kdumper.codecs import get_codec
 from kdumper.collect import early as early_mod
+from kdumper.collect import pipeline
 from kdumper.collect.early import EarlyPages, kernel_image_plan, start_early
 from kdumper.collect.encode import BatchEncoder
 from kdumper.collect.pipeline import SaveOptions, _early_batch, save
 from kdumper.collect.source import open_for_save
+from kdumper.collect.workers import EncodeWorkers
 from kdumper.dump.open import open_dump
 from tests.elf_helpers import KERNEL_MAP, Load, pack_elf, page_pattern
 from tests.test_workers import _codec_or_skip
@@ -201,6 +204,40 @@ def test_save_with_the_helper_writes_the_same_bytes(
     early = _finished(start_early(str(path), codec, exclude_zero=bool(level & 1)))  # type: ignore[arg-type]
     res = _save(path, tmp_path / "early", dump_level=level, codec=codec, early=early)
     assert res.early_pages == info.kernel_size // PAGE  # every image page is kept
+    assert (tmp_path / "early").read_bytes() == (tmp_path / "plain").read_bytes()
+    assert _no_children()
+
+
+@needs_two_cpus
+@pytest.mark.parametrize("cap", [16 << 20, 1])
+def test_the_workers_results_are_taken_while_the_helpers_pages_are_written(
+    synth: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int
+) -> None:
+    """While the writer writes the helper's pages, the workers' next results are taken as they
+    come (payloads copied out of the slots, at most TAKEN_BYTES of them) and the slots get the
+    next batches; the bytes written are the same."""
+    path, _info = synth
+    _save(path, tmp_path / "plain", codec="lzo", batch_pages=16)
+    took = 0
+    ready = EncodeWorkers.ready
+
+    def wait_then_ready(self: EncodeWorkers) -> bool:  # a result is taken as soon as it is done
+        nonlocal took
+        if self.in_flight:
+            select.select([self._procs[self._received % self.workers][2]], [], [], 10)
+        now = ready(self)
+        took += now
+        return now
+
+    monkeypatch.setattr(EncodeWorkers, "ready", wait_then_ready)
+    monkeypatch.setattr(pipeline, "TAKEN_BYTES", cap)
+    early = _finished(start_early(str(path), "lzo", exclude_zero=True))  # type: ignore[arg-type]
+    res = _save(path, tmp_path / "early", codec="lzo", batch_pages=16, early=early)
+    assert res.early_pages == early.npages
+    if cap == 1:
+        assert took == 1  # one result's payload is over the bound until it is written
+    else:
+        assert took >= 4  # more than the slots' worth
     assert (tmp_path / "early").read_bytes() == (tmp_path / "plain").read_bytes()
     assert _no_children()
 

@@ -62,6 +62,11 @@ MAX_DUMP_LEVEL = 31
 BATCH_PAGES = 256
 # pfn space per bitmap chunk handed out by the writer (1 bit -> one int64 pfn: 2 MiB of pfns)
 PFN_CHUNK = 1 << 18
+#: at most this much of the workers' payloads is copied out of their slots while the writer is
+#: busy with the early helper's pages (see _Engine._write_parallel): a 6.1 4 GiB guest's
+#: kernel image (~17 MiB of LZO payloads) took 10 ms to write, and the workers, their slots
+#: full, sat idle for most of it
+TAKEN_BYTES = 16 << 20
 
 ProgressFn = Callable[[str, int, int], None]
 """``progress(phase, done, total)``: phase "filter" counts pfns, "write" counts pages."""
@@ -391,16 +396,33 @@ class _Engine:
         # submission order) or pages the early helper compressed. The batches after those are
         # submitted before they are written, so the workers stay busy meanwhile.
         ahead: deque[npt.NDArray[np.int64] | None] = deque()
+        # workers' results taken early, their payloads copied out of the slots (in order)
+        taken: deque[tuple[Encoded, npt.NDArray[np.bool_] | None, int]] = deque()
+        taken_bytes = 0
+        todo = _around_early(batches, early)
+
+        def submit(pfns: npt.NDArray[np.int64]) -> None:
+            if workers.next_slot in held:
+                writer.flush()
+                held.clear()
+            workers.submit(pfns)
+            ahead.append(None)
 
         def write_next() -> None:
+            nonlocal taken_bytes
             pfns = ahead.popleft()
             if pfns is None:
-                enc, lost, bytes_in, slot = workers.result()
-                writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
-                if writer.buffered:
-                    held.add(slot)
+                if taken:
+                    enc, lost, bytes_in = taken.popleft()
+                    taken_bytes -= len(enc.data)
+                    writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
                 else:
-                    held.clear()
+                    enc, lost, bytes_in, slot = workers.result()
+                    writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
+                    if writer.buffered:
+                        held.add(slot)
+                    else:
+                        held.clear()
                 self._account(enc, lost, bytes_in)
                 return
             assert early is not None
@@ -411,18 +433,37 @@ class _Engine:
             early.release(end)
             self._account(enc, None, pfns.size * self.dump.page_size)
             self.early_pages += int(pfns.size)
+            keep_workers_busy()
 
-        for pfns in _around_early(batches, early):
+        def keep_workers_busy() -> None:
+            """While this process writes the helper's pages, the batches after them are all
+            the workers have: take their results as they come (payloads copied out, at most
+            TAKEN_BYTES) and give the slots new batches, instead of leaving the workers idle
+            until the writer gets there."""
+            nonlocal taken_bytes
+            while taken_bytes < TAKEN_BYTES and workers.ready():
+                enc, lost, bytes_in, _slot = workers.result()
+                copy = bytes(enc.data)
+                taken.append((Encoded(enc.sizes, enc.flags, copy, enc.zero, enc.zero_count),
+                              lost, bytes_in))  # fmt: skip
+                taken_bytes += len(copy)
+                # the batch the loop below holds comes first (every batch the early helper
+                # did is in ``ahead`` already: its pages were reached, and they come in a row)
+                pfns = waiting.popleft() if waiting else next(todo, None)
+                if pfns is not None:
+                    submit(pfns)
+
+        waiting: deque[npt.NDArray[np.int64]] = deque()  # the next batch, until submitted
+        for pfns in todo:
             if early is not None and early.first_pfn <= pfns[0] and pfns[-1] < early.done_end:
                 ahead.append(pfns)
                 continue
-            while workers.in_flight >= workers.slots:
-                write_next()
-            if workers.next_slot in held:
-                writer.flush()
-                held.clear()
-            workers.submit(pfns)
-            ahead.append(None)
+            waiting.append(pfns)
+            while waiting:
+                if workers.in_flight >= workers.slots:
+                    write_next()
+                else:
+                    submit(waiting.popleft())
         if last:
             workers.end_tasks()
         while ahead:

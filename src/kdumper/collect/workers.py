@@ -30,6 +30,7 @@ import ctypes
 import gc
 import mmap
 import os
+import select
 import signal
 import struct
 import time
@@ -176,6 +177,13 @@ class EncodeWorkers:
         at = slot * self.slot_bytes
         cls = np.frombuffer(self._view[at : at + length], np.uint8).copy()  # the slot is reused
         return Classified(start, cls, unreadable, bool(all_free), (carry_end, carry_cls))
+
+    def ready(self) -> bool:
+        """Whether the next result in order is there (:meth:`result` would not wait for it)."""
+        if not self.in_flight:
+            return False
+        result_r = self._procs[self._received % self.workers][2]
+        return bool(select.select([result_r], [], [], 0)[0])
 
     def _next_result(self) -> tuple[int, int]:
         if not self.in_flight:
