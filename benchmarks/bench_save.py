@@ -191,10 +191,19 @@ def main() -> int:
     ap.add_argument("--mem", default="1024M", help="harness guest sizes, e.g. 1024M,4096M")
     ap.add_argument("--scratch", help="directory for outputs (default: a temporary one)")
     args = ap.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
-    codecs = args.codecs.split(",")
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="kdumper-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        return run_all(args, scratch)
+    finally:
+        if not args.scratch:  # our own temporary directory (hard links, the synthetic vmcore)
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_all(args: argparse.Namespace, scratch: Path) -> int:
+    """Every case, interleaved; print the table."""
+    levels = [int(x) for x in args.levels.split(",")]
+    codecs = args.codecs.split(",")
     kdumpers = {"kdumper": kdumper_argv()}
     for py in args.python:
         kdumpers[f"kdumper ({py})"] = python_venv(py)
