@@ -137,6 +137,20 @@ def test_holes_read_as_zeros() -> None:
     assert src.pread(0, 8202) == bytes(100) + b"A" * 5 + bytes(8087) + b"B" * 10
 
 
+def test_an_absurd_elf_header_in_a_sparse_stream_is_an_error_not_a_huge_read() -> None:
+    """A flattened stream's file can be mostly holes: an ELF header there that claims a
+    4 GiB program header table (65535 entries of 65535 bytes, all of it "inside" the file) is
+    refused without reading it (a fuzzer's input once took 8 GiB of memory here)."""
+    from kdumper.dump.open import open_source
+
+    ehdr = bytearray(64)
+    ehdr[:7] = b"\x7fELF\x02\x01\x01"
+    struct.pack_into("<HHIQQQIHHHHHH", ehdr, 16, 4, 62, 1, 0, 64, 0, 0, 64, 0xFFFF, 0xFFFE, 0, 0, 0)
+    raw = stream([(0, bytes(ehdr)), (1 << 40, b"x")])  # a logical file of 1 TiB
+    with pytest.raises(DumpFormatError, match=r"program header table .* is absurd"):
+        open_source(BytesSource(raw, path="test.flat"))
+
+
 def test_cut_stream_is_readable_and_flagged() -> None:
     raw = stream([(0, b"a" * 100), (100, b"b" * 100)])
     for cut, last in ((len(raw) - 16, 200), (len(raw) - 16 - 40, 160), (len(raw) - 16 - 108, 100)):

@@ -438,9 +438,9 @@ class _Engine:
 
         def keep_workers_busy() -> None:
             """While this process writes the helper's pages, the batches after them are all
-            the workers have: take their results as they come (payloads copied out, at most
-            TAKEN_BYTES) and give the slots new batches, instead of leaving the workers idle
-            until the writer gets there."""
+            the workers have: take their results as they come (payloads copied out, until
+            TAKEN_BYTES are held) and give the slots new batches, instead of leaving the workers
+            idle until the writer gets there."""
             nonlocal taken_bytes
             while taken_bytes < TAKEN_BYTES and workers.ready():
                 enc, lost, bytes_in, _slot = workers.result()

@@ -76,6 +76,10 @@ MAX_PHYS_BITS = 52  # no architecture addresses more physical memory than 2^52 b
 # them; raise it for machines with RAM above 16 TiB.
 MAX_BITMAP_PFNS = 1 << 32
 MAX_NOTES_SIZE = 256 << 20  # a PT_NOTE bigger than this is corruption (8192 CPUs need ~4 MiB)
+# a program header table bigger than this is corruption (a million ELF64 program headers; a
+# vmcore has one per RAM range, thousands at the most). A flattened or sparse file can claim
+# holes this big, and reading one would take as much memory.
+MAX_PHDRS_SIZE = 64 << 20
 MAX_OVERLAP_CHECK = 16 << 20  # bytes of a partial PT_LOAD overlap compared (the rest is trusted)
 COPY_CHUNK_PAGES = 256  # pages per read/write call when copying segment data (1 MiB at 4 KiB)
 NOT_PADDR_64 = (1 << 64) - 1  # p_paddr of a segment that is not RAM (/proc/kcore)
@@ -240,6 +244,11 @@ class ElfDump(Dump):
             raise self._error(
                 f"ELF e_phentsize {e_phentsize} is smaller than a program header "
                 f"({lay.phdr.size} bytes)"
+            )
+        if e_phnum * e_phentsize > MAX_PHDRS_SIZE:
+            raise self._error(
+                f"ELF program header table of {e_phnum} x {e_phentsize} bytes is absurd "
+                f"(more than {MAX_PHDRS_SIZE >> 20} MiB)"
             )
         if e_phoff + e_phnum * e_phentsize > src.size:
             raise self._truncated(
