@@ -209,15 +209,16 @@ def test_save_with_the_helper_writes_the_same_bytes(
 
 
 @needs_two_cpus
-@pytest.mark.parametrize("cap", [16 << 20, 1])
+@pytest.mark.parametrize(("cap", "split"), [(16 << 20, 0), (1, 0), (16 << 20, 3)])
 def test_the_workers_results_are_taken_while_the_helpers_pages_are_written(
-    synth: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int
+    synth: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int, split: int
 ) -> None:
     """While the writer writes the helper's pages, the workers' next results are taken as they
     come (payloads copied out of the slots, at most TAKEN_BYTES of them) and the slots get the
     next batches; the bytes written are the same."""
     path, _info = synth
-    _save(path, tmp_path / "plain", codec="lzo", batch_pages=16)
+    opts: dict[str, Any] = {"codec": "lzo", "batch_pages": 16, "split": split}
+    _save(path, tmp_path / "plain", **opts)
     took = 0
     ready = EncodeWorkers.ready
 
@@ -232,13 +233,16 @@ def test_the_workers_results_are_taken_while_the_helpers_pages_are_written(
     monkeypatch.setattr(EncodeWorkers, "ready", wait_then_ready)
     monkeypatch.setattr(pipeline, "TAKEN_BYTES", cap)
     early = _finished(start_early(str(path), "lzo", exclude_zero=True))  # type: ignore[arg-type]
-    res = _save(path, tmp_path / "early", codec="lzo", batch_pages=16, early=early)
+    res = _save(path, tmp_path / "early", early=early, **opts)
     assert res.early_pages == early.npages
     if cap == 1:
         assert took == 1  # one result's payload is over the bound until it is written
     else:
         assert took >= 4  # more than the slots' worth
-    assert (tmp_path / "early").read_bytes() == (tmp_path / "plain").read_bytes()
+    names = [f"{{}}.{i}" for i in range(1, split + 1)] if split else ["{}"]
+    for name in names:
+        early_out = Path(name.format(tmp_path / "early"))
+        assert early_out.read_bytes() == Path(name.format(tmp_path / "plain")).read_bytes()
     assert _no_children()
 
 
