@@ -205,14 +205,17 @@ class EncodeWorkers:
         head = self._read(result_r, _RESULT.size, index)
         slot, status, length, bytes_in, count, zero_count, lost_count = _RESULT.unpack(head)
         self._raise_failure(status, result_r, length, index)
-        sizes = np.frombuffer(self._read(result_r, 8 * count, index), np.int64)
-        flags = np.frombuffer(self._read(result_r, 4 * count, index), np.uint32)
+        # the rest in one read: sizes, flags, then the zero marks and lost indexes if any
+        body = self._read(result_r, 12 * count + (count if zero_count else 0) + 4 * lost_count,
+                          index)  # fmt: skip
+        sizes = np.frombuffer(body, np.int64, count)
+        flags = np.frombuffer(body, np.uint32, count, 8 * count)
         zero = None
         if zero_count:
-            zero = np.frombuffer(self._read(result_r, count, index), np.bool_)
+            zero = np.frombuffer(body, np.bool_, count, 12 * count)
         lost = None
         if lost_count:
-            at = np.frombuffer(self._read(result_r, 4 * lost_count, index), np.int32)
+            at = np.frombuffer(body, np.int32, lost_count, len(body) - 4 * lost_count)
             lost = np.zeros(count, np.bool_)
             lost[at] = True
         start = slot * self.slot_bytes
