@@ -413,17 +413,17 @@ class _Engine:
             nonlocal taken_bytes
             pfns = ahead.popleft()
             if pfns is None:
+                slot = -1  # a result taken early is a copy: it holds no slot
                 if taken:
                     enc, lost, bytes_in = taken.popleft()
                     taken_bytes -= len(enc.data)
-                    writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
                 else:
                     enc, lost, bytes_in, slot = workers.result()
-                    writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
-                    if writer.buffered:
-                        held.add(slot)
-                    else:
-                        held.clear()
+                writer.add_encoded_batch(enc.sizes, enc.flags, enc.data, enc.zero, lost)
+                if not writer.buffered:
+                    held.clear()
+                elif slot >= 0:
+                    held.add(slot)
                 self._account(enc, lost, bytes_in)
                 return
             assert early is not None

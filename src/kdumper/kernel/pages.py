@@ -517,10 +517,10 @@ class MemMap:
             pos += n
             vaddr += n
         into = self._read_into
-        view = buf.data if into is not None else None
+        view = buf.data
         for bpos, paddr, n in pieces:
             try:
-                if into is not None and view is not None:
+                if into is not None:
                     into(paddr, view[bpos : bpos + n])
                 else:
                     buf[bpos : bpos + n] = np.frombuffer(self.read_phys(paddr, n), np.uint8)
