@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import asdict
 from typing import Any
 
 from ..dump.base import Dump, WriteResult
@@ -14,6 +13,7 @@ from ..dump.io import create_private, fsync_stream
 from ..dump.open import open_dump
 from ..errors import DumpIOError, ExitCode, UsageError
 from ..kernel.utsname import read_utsname
+from ..records import as_dict
 from .output import human_bytes, note, print_json
 
 FORMATS = ("kdump", "elf", "flat")
@@ -124,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         summary: dict[str, Any]
         if len(results) == 1:
-            summary = {**asdict(results[0]), "seconds": round(seconds, 3)}
+            summary = {**as_dict(results[0]), "seconds": round(seconds, 3)}
         else:
-            summary = {"parts": [asdict(r) for r in results], "seconds": round(seconds, 3)}
+            summary = {"parts": [as_dict(r) for r in results], "seconds": round(seconds, 3)}
         print_json(summary, sys.stderr if out == "-" else None)
     return ExitCode.INCOMPLETE if incomplete else ExitCode.OK
 

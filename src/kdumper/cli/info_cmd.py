@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from dataclasses import asdict
 from typing import Any
 
 from ..dump.base import Dump
 from ..dump.open import open_dump
 from ..errors import KdumperError
 from ..kernel.utsname import read_utsname
+from ..records import as_dict
 from .output import human_bytes, iso_utc, print_json, print_pairs
 
 
@@ -68,7 +68,7 @@ def collect(dump: Dump, paths: list[str]) -> dict[str, Any]:
         "format": facts.format,
         "kernel_release": release,
         "machine": machine,
-        "utsname": asdict(utsname) if utsname is not None else None,
+        "utsname": as_dict(utsname) if utsname is not None else None,
         "page_size": dump.page_size,
         "max_pfn": dump.max_pfn,
         "pages_present": dump.present.count(),

@@ -6,13 +6,13 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import asdict
 from typing import Any
 
 from ..dump.elf import is_elf
 from ..dump.io import FileSource
 from ..dump.open import describe_head
 from ..errors import DumpFormatError, ExitCode, UsageError
+from ..records import as_dict
 from .output import human_bytes, note, print_json
 
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         from ..dump.split import reassemble_split
 
         result = reassemble_split(inputs, out, overwrite=args.force)
-        summary = asdict(result)
+        summary = as_dict(result)
         incomplete = result.incomplete
         note(
             f"wrote {out}: {result.format}, {result.pages} pages from {len(inputs)} parts, "

@@ -62,7 +62,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..config import Config
@@ -74,6 +74,7 @@ from ..errors import (
     NoSpaceError,
 )
 from ..handoff import TEST_ID_FILE, TEST_ID_PARAM, split_cmdline
+from ..records import replace
 from .retention import TriageFn, create_dump_dir, dump_dir_name, prune, write_file
 
 if TYPE_CHECKING:

@@ -14,18 +14,18 @@ the codec objects (a reused zstd context, cramjam). All of them release the GIL 
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from ..codecs import Codec
+from ..records import record
 from .native import NativeCodec, native_for, stored_bound
 
 Bools = npt.NDArray[np.bool_]
 
 
-@dataclass
+@record
 class Encoded:
     """The stored form of a batch of pages."""
 

@@ -1,7 +1,7 @@
 """The two codecs whose per-call cost matters, called through ctypes with raw addresses.
 
-* LZO: liblzo2's ``lzo1x_1_compress`` (the call overhead of the codec object doubled the time of
-  this fast codec);
+* LZO: liblzo2's LZO1X-1 (:data:`kdumper.codecs.LZO_COMPRESS`; the call overhead of the codec
+  object doubled the time of this fast codec);
 * zlib: one ``deflate`` stream per thread, ``deflateReset`` between pages, as makedumpfile does
   since aa5ee50: ``zlib.compress`` allocates and frees the 256 KiB deflate state for every page.
   Measured on a 6.1 vmcore: 63 -> 41 us per page, byte-identical output (same libz).
@@ -19,17 +19,19 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..codecs import LZO_COMPRESS
+
 if TYPE_CHECKING:
     from ..codecs import Codec
 
 
 class _Lzo:
-    """liblzo2's ``lzo1x_1_compress`` called with raw addresses (one output buffer per thread)."""
+    """liblzo2's LZO1X-1 called with raw addresses (one output buffer per thread)."""
 
     WRKMEM = 1 << 17  # LZO1X_1_MEM_COMPRESS is 64 KiB on LP64 (as kdumper.codecs)
 
     def __init__(self, lib: ctypes.CDLL) -> None:
-        fn = lib.lzo1x_1_compress
+        fn = getattr(lib, LZO_COMPRESS)
         fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
                        ctypes.c_void_p]  # fmt: skip
         fn.restype = ctypes.c_int
@@ -64,7 +66,7 @@ class _Lzo:
         sizes = [0] * count
         pos = 0
         # the per-page work is this loop: nothing in it that can be done once per batch.
-        # lzo1x_1_compress only writes *dst_len, and always returns LZO_E_OK (lzo1x.h).
+        # LZO1X-1 only writes *dst_len, and always returns LZO_E_OK (lzo1x_c.ch).
         for i in keep:
             page = src + i * page_size
             dst = out_addr + pos

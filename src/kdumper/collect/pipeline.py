@@ -29,7 +29,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import field
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -49,6 +49,7 @@ from ..kernel.pages import (
     PageClass,
     WindowClassifier,
 )
+from ..records import as_dict, record
 from .early import COMPRESSED, ENTRY, ZERO, EarlyPages, entry_fields, usable_cpus
 from .encode import BatchEncoder, Encoded, zero_flags
 from .workers import ClassifyFn, EncodeWorkers, can_fork
@@ -88,7 +89,7 @@ def default_threads(codec: str = "zlib") -> int:
 # ---- pass 1: classification -------------------------------------------------------------------
 
 
-@dataclass
+@record
 class FilterResult:
     """Which pages a dump level keeps, and why the others go."""
 
@@ -519,7 +520,7 @@ def _early_batch(early: EarlyPages, pfns: npt.NDArray[np.int64]) -> tuple[Encode
     return Encoded(sizes, flags, data, zero if zero_count else None, zero_count), end
 
 
-@dataclass
+@record
 class SaveOptions:
     """How :func:`save` writes."""
 
@@ -537,7 +538,7 @@ class SaveOptions:
     early: EarlyPages | None = None
 
 
-@dataclass
+@record
 class SaveResult:
     """What :func:`save` did."""
 
@@ -569,7 +570,7 @@ class SaveResult:
         excluded = {"zero": self.zero_pages, **f.excluded}
         excluded_total = sum(excluded.values())
         return {
-            "outputs": [asdict(r) for r in self.outputs],
+            "outputs": [as_dict(r) for r in self.outputs],
             "format": self.format,
             "codec": self.codec,
             "dump_level": self.dump_level,
@@ -821,7 +822,7 @@ def _save_elf(
 MEM_USAGE_LEVELS = (0, 1, 2, 4, 8, 16, 31)
 
 
-@dataclass
+@record
 class LevelUsage:
     """What one dump level keeps."""
 
@@ -830,7 +831,7 @@ class LevelUsage:
     excluded: dict[str, int]  # pages per class this level excludes (zero included)
 
 
-@dataclass
+@record
 class MemUsage:
     """``makedumpfile --mem-usage``: pages per class and what each dump level keeps."""
 

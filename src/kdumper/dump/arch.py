@@ -6,8 +6,9 @@ branches on the architecture.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
+
+from ..records import record
 
 ByteOrder = Literal["little", "big"]
 
@@ -19,7 +20,7 @@ EM_X86_64 = 62
 EM_AARCH64 = 183
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Arch:
     """How one architecture lays out its dumps."""
 

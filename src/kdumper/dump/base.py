@@ -4,11 +4,12 @@ header facts."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import cached_property
 from typing import Any
 
 from ..errors import KdumperError, PageNotPresentError
+from ..records import record
 from .arch import Arch
 from .bitmap import Bitmap
 from .notes import Note, PrStatus, find_vmcoreinfo_note, parse_prstatus
@@ -18,7 +19,7 @@ UTS_FIELDS = ("sysname", "nodename", "release", "version", "machine", "domainnam
 UTS_LEN = 65
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Utsname:
     """``struct new_utsname`` of the crashed kernel."""
 
@@ -45,7 +46,7 @@ class Utsname:
         )
 
 
-@dataclass
+@record
 class DumpFacts:
     """What a dump's headers say about it (``kdumper info``)."""
 
@@ -64,7 +65,7 @@ class DumpFacts:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@record
 class WriteResult:
     """What a writer produced."""
 

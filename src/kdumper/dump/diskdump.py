@@ -19,7 +19,6 @@ import contextlib
 import re
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
@@ -48,6 +47,7 @@ from ..errors import (
     TruncatedDumpError,
     UnknownFormatError,
 )
+from ..records import record
 from .arch import ARCHES, EM_386, X86_64, Arch, ByteOrder, arch_for_name
 from .base import Dump, DumpFacts, Utsname, WriteResult
 from .bitmap import Bitmap
@@ -122,7 +122,7 @@ _SUB_FIELD_ENDS = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Layout:
     """The C layout of the kdump structures for one byte order and word size."""
 

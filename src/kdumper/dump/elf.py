@@ -34,7 +34,6 @@ import contextlib
 import struct
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -53,6 +52,7 @@ from ..errors import (
     UnsupportedError,
 )
 from ..logs import get_logger
+from ..records import record
 from .arch import Arch, ByteOrder, arch_for_elf
 from .base import Dump, DumpFacts, WriteResult
 from .bitmap import Bitmap
@@ -92,7 +92,7 @@ EM_NAMES = {2: "SPARC", 3: "i386", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64", 22
             258: "LoongArch"}  # fmt: skip
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Layout:
     """Struct layouts of one ELF class and byte order."""
 
@@ -164,7 +164,7 @@ def is_elf(head: bytes) -> bool:
     return head[:4] == ELFMAG
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class View:
     """A PT_LOAD whose memory another (RAM) segment already holds, e.g. the kernel-text mapping."""
 
@@ -666,7 +666,7 @@ def ranges_to_bitmap(
 PFN_EXCLUDED = 256  # makedumpfile -E: shorter runs of excluded pages are written, not cut out
 
 
-@dataclass
+@record
 class _Seg:
     pfn: int  # first pfn
     file_pages: int

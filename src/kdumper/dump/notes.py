@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from ..errors import DumpFormatError
+from ..records import record
 from .arch import Arch
 
 NT_PRSTATUS = 1
@@ -21,7 +22,7 @@ ERASEINFO_NOTE_NAME = "ERASEINFO"
 _MAX_NOTE_FIELD = 1 << 30  # a name or desc larger than this is corruption, not data
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Note:
     """One ELF note. ``desc_offset`` is where ``desc`` lies inside the note segment."""
 
@@ -31,7 +32,7 @@ class Note:
     desc_offset: int = 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PrStatus:
     """One CPU's NT_PRSTATUS: the registers at the time of the crash."""
 

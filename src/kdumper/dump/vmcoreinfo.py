@@ -9,9 +9,10 @@ Key forms, as the kernel writes them (kernel/vmcore_info.c): ``SYMBOL(name)`` he
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from ..errors import DumpFormatError
+from ..records import record
 
 MAX_VMCOREINFO = 1 << 20  # the kernel's note is one page; QEMU caps its copy at 1 MiB
 
@@ -25,7 +26,7 @@ def _int(text: str, base: int) -> int:
         return int(text, 16 if base == 10 else 0)
 
 
-@dataclass
+@record
 class VmcoreInfo:
     """The parsed VMCOREINFO; the first occurrence of a key wins (as in makedumpfile)."""
 

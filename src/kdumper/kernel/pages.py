@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import IntFlag
 
 import numpy as np
@@ -28,6 +28,7 @@ import numpy.typing as npt
 from ..dump.base import Dump
 from ..dump.vmcoreinfo import VmcoreInfo
 from ..errors import KdumperError, UnsupportedError
+from ..records import record
 from .memory import KernelMemory, kernel_memory
 
 # 64 Ki pfns = 256 MiB of RAM = 4 MiB of struct page per window: large reads, bounded memory.
@@ -81,7 +82,7 @@ def parse_release(release: str | None) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PageLayout:
     """Where the fields of ``struct page`` are and how this kernel marks page kinds."""
 
@@ -549,7 +550,7 @@ def bulk_reader(dump: Dump) -> ReadPhys:
     return read
 
 
-@dataclass
+@record
 class PageFeatures:
     """What the struct pages of one window say, independent of the dump level."""
 
@@ -883,7 +884,7 @@ class LevelFilter:
             self._carry_cls = int(cls[last])
 
 
-@dataclass
+@record
 class Classified:
     """The classes of one window at one dump level (:meth:`LevelFilter.apply`) and its facts."""
 
