@@ -179,58 +179,6 @@ def test_the_helpers_pages_are_the_workers_pages(
     assert _no_children()
 
 
-@needs_two_cpus
-@pytest.mark.parametrize("codec", ["lzo", "zlib"])
-def test_the_preforked_helper_takes_the_job(tmp_path: Path, codec: str) -> None:
-    """``prefork`` forks the helper before the job is known; ``start_early`` hands it the job
-    (the same process) and its pages are the workers' pages."""
-    _codec_or_skip(codec)
-    path = _image_elf(tmp_path / "vmcore")
-    early_mod.prefork()
-    assert early_mod._waiting is not None
-    pid = early_mod._waiting[0]
-    early = start_early(str(path), codec, exclude_zero=True)
-    assert early is not None and early.pid == pid and early_mod._waiting is None
-    try:
-        _finished(early)
-        first, count = IMAGE
-        pfns = np.arange(first, first + count, dtype=np.int64)
-        got, _end = _early_batch(early, pfns)
-        ram = _ram()
-        want = BatchEncoder(get_codec(codec), PAGE, True).encode(
-            ram[first * PAGE : (first + count) * PAGE]
-        )
-        assert got.sizes.tolist() == want.sizes.tolist() and bytes(got.data) == bytes(want.data)
-    finally:
-        early.close()
-    assert _no_children()
-
-
-@needs_two_cpus
-def test_an_unused_preforked_helper_leaves(tmp_path: Path) -> None:
-    early_mod.prefork()
-    early_mod.discard_prefork()
-    assert early_mod._waiting is None and _no_children()
-    early_mod.prefork()  # a job it cannot help with (no compression): let go, not left waiting
-    assert start_early(str(_image_elf(tmp_path / "v")), "none", exclude_zero=True) is None
-    assert early_mod._waiting is None and _no_children()
-
-
-@needs_two_cpus
-@pytest.mark.parametrize(
-    "extra", [["--threads", "1"], ["-c", "none"], ["--format", "elf"], ["-d", "99"]]
-)
-def test_the_command_never_leaves_a_helper_waiting(tmp_path: Path, extra: list[str]) -> None:
-    """``kdumper save`` preforks the helper before it parses its arguments; whatever the
-    arguments turn out to say (no helper wanted, a usage error), none is left behind."""
-    from kdumper.cli.main import main
-
-    path = _image_elf(tmp_path / "vmcore")
-    code = main(["save", str(path), str(tmp_path / "out"), "--no-progress", *extra])
-    assert code in (0, kdumper.errors.ExitCode.USAGE)
-    assert early_mod._waiting is None and _no_children()
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     from tests.synth import make_vmcore

@@ -166,24 +166,8 @@ def _quiet_stdout() -> None:
         pass
 
 
-# commands whose collector's early helper (kdumper.collect.early) is forked before anything else
-PREFORK = ("save",)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``kdumper`` command line; returns the process exit code."""
-    if _command_of(argv) in PREFORK:
-        from ..collect import early
-
-        early.prefork()  # it waits for its job, while the parser and the command are set up
-        try:
-            return _main(argv)
-        finally:
-            early.discard_prefork()  # unused (an error, no compression, one thread)
-    return _main(argv)
-
-
-def _main(argv: Sequence[str] | None) -> int:
     with collector_paused():  # the command's modules are imported here
         parser = build_parser(argv)
     try:

@@ -15,28 +15,22 @@ after its entry and payload are written) and takes those pages from the mapping 
 compressing them again; the rest goes to the workers as usual. The output is the same, byte for
 byte (tests/test_early.py).
 
-The fork itself comes earlier still: ``kdumper save`` calls :func:`prefork` before it builds its
-argument parser, and the helper imports its codec while it waits for :func:`start_early` to send
-it the job (the vmcore, the codec, the image's place): the helper starts ~4 ms sooner, and those
-milliseconds were spent on one CPU while the other waited.
-
-This module must not import numpy: it runs before numpy is imported; and it imports its codec
-code (ctypes) only where it is used, not when it is imported, for :func:`prefork`.
+This module must not import numpy: it runs before numpy is imported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import os
 import signal
 import struct
-from typing import TYPE_CHECKING
+import threading
 
+from ..codecs import Codec, get_codec
 from ..errors import KdumperError
-
-if TYPE_CHECKING:
-    from ..codecs import Codec
+from .native import native_for, stored_bound
 
 EM_X86_64 = 62
 PT_LOAD = 1
@@ -216,7 +210,8 @@ class EarlyPages:
         if self.pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            _reap_later(self.pid)
+            # reaped by a thread as soon as it is gone: no zombie left, no wait here
+            threading.Thread(target=_reap, args=(self.pid,), daemon=True).start()
             self.pid = 0
 
 
@@ -234,13 +229,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
-def _reap_later(pid: int) -> None:
-    """Reap ``pid`` in a thread as soon as it is gone: no zombie left, no wait here."""
-    import threading
-
-    threading.Thread(target=_reap, args=(pid,), daemon=True).start()
-
-
 def _data_at(npages: int) -> int:
     return -(-(_COUNT.size + ENTRY.size * npages) // PAGE_SIZE) * PAGE_SIZE
 
@@ -253,113 +241,29 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-#: a helper forked by :func:`prefork` and waiting for its job: (pid, job pipe, mapping)
-_waiting: tuple[int, int, mmap.mmap] | None = None
-_JOB = struct.Struct("<qqqq?16sH")  # first pfn, pages, file offset, room, zero, codec, path len
-
-
-def _map_length(npages: int, room: int) -> int:
-    from .native import stored_bound
-
-    return _data_at(npages) + room + stored_bound(PAGE_SIZE)
-
-
-def prefork() -> None:
-    """Fork the helper now, to wait for :func:`start_early`'s job (on two CPUs or more).
-
-    A helper that gets no job (the command failed before, or will not compress in workers)
-    leaves when :func:`discard_prefork` closes its pipe, or when this process ends.
-    """
-    global _waiting
-    if _waiting is not None or usable_cpus() < 2 or not hasattr(os, "fork"):
-        return
-    fds: tuple[int, int] | None = None
-    try:
-        mapping = mmap.mmap(-1, _map_length(MAX_PAGES, MAX_PAYLOAD), flags=mmap.MAP_SHARED)
-        fds = os.pipe()
-        pid = os.fork()
-    except OSError:
-        for fd in fds or ():
-            os.close(fd)
-        return
-    if pid == 0:  # the helper: never returns
-        try:
-            os.close(fds[1])
-            _wait_for_job(fds[0], mapping)
-        finally:
-            os._exit(0)
-    os.close(fds[0])
-    _waiting = (pid, fds[1], mapping)
-
-
-def discard_prefork() -> None:
-    """Let a helper that :func:`prefork` started and nobody used leave (no-op otherwise)."""
-    global _waiting
-    if _waiting is not None:
-        pid, job_w, mapping = _waiting
-        _waiting = None
-        os.close(job_w)  # the helper reads the end of its pipe and leaves
-        mapping.close()
-        _reap_later(pid)
-
-
-def _send_job(
-    plan: ImagePlan, room: int, codec: Codec, exclude_zero: bool, path: str
-) -> EarlyPages | None:
-    """Give the waiting helper its job; None when there is no helper or it is gone."""
-    global _waiting
-    if _waiting is None:
-        return None
-    pid, job_w, mapping = _waiting
-    _waiting = None
-    name = os.fsencode(path)
-    job = _JOB.pack(plan.first_pfn, plan.npages, plan.file_offset, room, exclude_zero,
-                    codec.name.encode(), len(name)) + name  # fmt: skip
-    try:
-        os.write(job_w, job)  # a few hundred bytes: one write to an empty pipe
-        sent = True
-    except OSError:  # it died
-        sent = False
-    os.close(job_w)
-    if not sent:
-        mapping.close()
-        _reap_later(pid)
-        return None
-    return EarlyPages(pid, mapping, plan, codec, exclude_zero)
-
-
 def start_early(path: str, codec_name: str, *, exclude_zero: bool) -> EarlyPages | None:
-    """Start the helper for the vmcore at ``path`` (an ELF file or ``/proc/vmcore``): give the
-    job to the one :func:`prefork` started, else fork one. None when it cannot help: one CPU,
-    no compression, not an x86_64 ELF vmcore, any error on the way (the collector then
-    compresses every page itself)."""
+    """Fork the helper for the vmcore at ``path`` (an ELF file or ``/proc/vmcore``); None when
+    it cannot help: one CPU, no compression, not an x86_64 ELF vmcore, any error on the way
+    (the collector then compresses every page itself)."""
     if codec_name == "none" or usable_cpus() < 2 or not hasattr(os, "fork"):
-        discard_prefork()
         return None
-    from ..codecs import get_codec
-
     try:
         codec = get_codec(codec_name)
         codec.available()
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (KdumperError, OSError):  # the collector reports these itself
-        discard_prefork()
         return None
     try:
         plan = kernel_image_plan(fd)
         if plan is None:
-            discard_prefork()
             return None
         room = min(plan.npages * PAGE_SIZE, MAX_PAYLOAD)
-        early = _send_job(plan, room, codec, exclude_zero, path)
-        if early is not None:
-            return early
-        mapping = mmap.mmap(-1, _map_length(plan.npages, room), flags=mmap.MAP_SHARED)
+        length = _data_at(plan.npages) + room + stored_bound(PAGE_SIZE)
+        mapping = mmap.mmap(-1, length, flags=mmap.MAP_SHARED)
         pid = os.fork()
         if pid == 0:  # the helper: never returns
             try:
-                if _become_helper():
-                    _serve(fd, plan, codec, exclude_zero, mapping, room)
+                _serve(fd, plan, codec, exclude_zero, mapping, room)
             finally:
                 os._exit(0)
         return EarlyPages(pid, mapping, plan, codec, exclude_zero)
@@ -369,53 +273,18 @@ def start_early(path: str, codec_name: str, *, exclude_zero: bool) -> EarlyPages
         os.close(fd)
 
 
-def _become_helper() -> bool:
-    """Set up a freshly forked helper; False when its parent is already gone."""
-    import ctypes
-
+def _serve(
+    fd: int, plan: ImagePlan, codec: Codec, exclude_zero: bool, mapping: mmap.mmap, room: int
+) -> None:
+    """The helper's life: encode the image's pages in order until done, out of ``room`` for
+    payloads, or killed."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:
-        return False
+        return
     with contextlib.suppress(AttributeError, OSError):  # only the CPU time nobody else wants
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    return True
-
-
-def _wait_for_job(job_r: int, mapping: mmap.mmap) -> None:
-    """A preforked helper's life: import the codecs, wait for the job, do it."""
-    if not _become_helper():
-        return
-    from ..codecs import get_codec
-    from .native import native  # noqa: F401  (ctypes and the codec glue: imported while waiting)
-
-    chunks = []
-    while chunk := os.read(job_r, 4096):
-        chunks.append(chunk)
-    job = b"".join(chunks)
-    if len(job) < _JOB.size:  # no job: the command does without the helper
-        return
-    first_pfn, npages, file_offset, room, exclude_zero, name, length = _JOB.unpack_from(job)
-    path = job[_JOB.size : _JOB.size + length]
-    try:
-        codec = get_codec(name.rstrip(b"\0").decode())
-        codec.available()
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except (KdumperError, OSError, UnicodeDecodeError):
-        return
-    _serve(fd, ImagePlan(first_pfn, npages, file_offset), codec, exclude_zero, mapping, room)
-
-
-def _serve(
-    fd: int, plan: ImagePlan, codec: Codec, exclude_zero: bool, mapping: mmap.mmap, room: int
-) -> None:
-    """The helper's work: encode the image's pages in order until done, out of ``room`` for
-    payloads, or killed."""
-    import ctypes
-
-    from .native import native_for, stored_bound
-
     ps = PAGE_SIZE
     lib = native_for(codec)
     data = memoryview(mapping)[_data_at(plan.npages) :]
