@@ -126,6 +126,34 @@ def test_lzo_backends_read_each_other() -> None:
         assert fast.decompress(pure.compress(page), PAGE) == page
 
 
+@pytest.mark.skipif(liblzo2() is None, reason="liblzo2 is not installed")
+def test_native_lzo_is_the_codecs_lzo() -> None:
+    """The collector's ctypes path (pointer objects made once per source buffer) writes the
+    codec's bytes, page by page, for any buffer, whichever pages it is asked for."""
+    from kdumper.collect.native import native
+
+    lib = native("lzo")
+    assert lib is not None
+    codec = LzoCodec("liblzo2")
+    kinds = sorted(PAGES)
+    for rotate in range(3):  # new buffers at new addresses: the pointers follow them
+        order = kinds[rotate:] + kinds[:rotate]
+        buf = ctypes.create_string_buffer(b"".join(PAGES[k] for k in order))
+        for keep in (list(range(len(order))), [1, 3], []):
+            sizes, payload = lib.encode(ctypes.addressof(buf), len(order), PAGE, keep)
+            assert isinstance(payload, bytes)
+            want = [
+                codec.compress(PAGES[order[i]]) if i in keep else b"" for i in range(len(order))
+            ]
+            want = [w if len(w) < PAGE else PAGES[order[i]] for i, w in enumerate(want)]
+            assert sizes == [len(w) for w in want]  # random pages are stored raw
+            assert payload == b"".join(want)
+            out = ctypes.create_string_buffer(len(order) * 2 * PAGE)
+            got = lib.encode(ctypes.addressof(buf), len(order), PAGE, keep, ctypes.addressof(out))
+            assert got == (sizes, len(payload)) and out.raw[: len(payload)] == payload
+    assert lib.encode(0, 0, PAGE, []) == ([], b"")
+
+
 def _corruptions(data: bytes) -> list[tuple[str, bytes]]:
     flipped = bytearray(data)
     for i in range(2, len(flipped), 3):

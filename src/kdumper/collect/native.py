@@ -73,7 +73,7 @@ class _Lzo:
         payloads back to back (only their length when they were written at address ``out``)."""
         need = 0 if out is not None else count * stored_bound(page_size)
         st = self._state(need, src, count, page_size)
-        out_addr = out if out is not None else ctypes.addressof(st.out)
+        out_addr = out if out is not None else (ctypes.addressof(st.out) if need else 0)
         fn, memmove, n, dst, pages = self._fn, ctypes.memmove, st.n, st.dst, st.pages
         length, n_ref, wrk_ref = st.length, st.n_ref, st.wrk_ref
         sizes = [0] * count
