@@ -193,17 +193,25 @@ def test_same_pages_as_makedumpfile(
             assert o.read_pfn(pfn) == src.read_pfn(pfn)
 
 
+def _both(
+    synth: tuple[Path, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], level: int,
+    codec: str, option: str,
+) -> tuple[Path, Path]:  # fmt: skip
+    """makedumpfile 1.7.2's file and ours, from the same vmcore, level and codec."""
+    path, _ = synth
+    theirs, ours = tmp_path / "mdf", tmp_path / "kd"
+    oracles.makedumpfile("1.7.2", "-d", str(level), option, path, theirs)
+    argv = ["save", str(path), str(ours), "-d", str(level), "-c", codec, "--no-progress"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    return theirs, ours
+
+
 @pytest.mark.oracle
 def test_byte_identical_to_makedumpfile_zlib(
     synth: tuple[Path, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path, _ = synth
-    theirs, ours = tmp_path / "mdf", tmp_path / "kd"
-    oracles.makedumpfile("1.7.2", "-d", "31", "-c", path, theirs)
-    code, _, err = run(
-        ["save", str(path), str(ours), "-d", "31", "-c", "zlib", "--no-progress"], capsys
-    )
-    assert code == 0, err
+    theirs, ours = _both(synth, tmp_path, capsys, 31, "zlib", "-c")
     assert ours.read_bytes() == theirs.read_bytes()
 
 
@@ -213,13 +221,7 @@ def test_lzo_same_pages_as_makedumpfile(
 ) -> None:
     """kdumper's LZO1X-1 keeps a smaller dictionary than makedumpfile -l (kdumper.codecs): the
     compressed bytes differ, the file's pages and size (within 1 %) do not."""
-    path, _ = synth
-    theirs, ours = tmp_path / "mdf", tmp_path / "kd"
-    oracles.makedumpfile("1.7.2", "-d", "1", "-l", path, theirs)
-    code, _, err = run(
-        ["save", str(path), str(ours), "-d", "1", "-c", "lzo", "--no-progress"], capsys
-    )
-    assert code == 0, err
+    theirs, ours = _both(synth, tmp_path, capsys, 1, "lzo", "-l")
     with kdumper.open(str(theirs)) as a, kdumper.open(str(ours)) as b:
         assert a.dumped == b.dumped and a.page_size == b.page_size
         pfns = a.dumped.pfns()
