@@ -45,15 +45,13 @@ def _build(cls: type[T], frozen: bool) -> type[T]:
         if isinstance(value, Field):
             if value.default_factory is not MISSING:
                 factories[name] = value.default_factory
-            elif value.default is not MISSING:
-                defaults[name] = value.default
             value = value.default
             if value is MISSING:
-                delattr(cls, name)
+                delattr(cls, name)  # (as a dataclass: no class attribute without a default)
             else:
                 setattr(cls, name, value)
         if value is not MISSING:
-            defaults.setdefault(name, value)
+            defaults[name] = value
         elif names and (names[-1] in defaults or names[-1] in factories) and name not in factories:
             raise TypeError(f"{cls.__name__}: non-default field {name!r} follows a default one")
         names.append(name)
